@@ -1,0 +1,32 @@
+"""Shared helpers of the course: device and dtype choice, loading, memory measurement, plots, seeding.
+
+The lessons themselves live in the notebooks; this package only keeps what several of them share.
+"""
+from .device import compute_dtype, dtype_from_name, get_device, mixed_precision_flags, supports_bf16
+from .env import check_environment, quiet, seed_everything
+from .loading import BUNDLED_MODEL, load_model, load_task_dataset, heldout_text, model_name
+from .memory import (
+    MiB,
+    MemoryTrace,
+    StepMemory,
+    count_saved_tensors,
+    format_bytes,
+    gradient_bytes,
+    measure_training_step,
+    optimizer_state_bytes,
+    parameter_bytes,
+    tensor_bytes,
+    trace_memory,
+    unique_bytes,
+)
+from .plots import plot_loss, plot_memory_breakdown, plot_memory_timeline
+from .task import exact_match, generate, perplexity, score
+
+__all__ = [
+    "BUNDLED_MODEL", "MiB", "MemoryTrace", "StepMemory", "check_environment", "compute_dtype",
+    "count_saved_tensors", "dtype_from_name", "exact_match", "format_bytes", "generate", "get_device",
+    "gradient_bytes", "heldout_text", "load_model", "load_task_dataset", "measure_training_step",
+    "mixed_precision_flags", "model_name", "optimizer_state_bytes", "parameter_bytes", "perplexity", "plot_loss",
+    "plot_memory_breakdown", "plot_memory_timeline", "quiet", "score", "seed_everything",
+    "supports_bf16", "tensor_bytes", "trace_memory", "unique_bytes",
+]

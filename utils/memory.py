@@ -1,0 +1,282 @@
+"""Memory measurement that means the same thing on a CPU and on a GPU.
+
+Four kinds of number, each exact about what it counts:
+
+- **static bytes** (:func:`parameter_bytes`, :func:`gradient_bytes`, :func:`optimizer_state_bytes`):
+  ``numel * element_size`` summed over the tensors that exist, deduplicated by storage.
+- **saved activations** (:func:`count_saved_tensors`): the bytes of the storages that autograd keeps
+  for the backward pass, seen through ``torch.autograd.graph.saved_tensors_hooks``, deduplicated by
+  storage, parameters excluded. This is what gradient checkpointing reduces.
+- **peak** (:func:`trace_memory`): the highest tensor memory held while a function runs. On CUDA, the
+  caching allocator's ``max_memory_allocated``. On the CPU, which keeps no such statistic, the
+  running sum of the allocation and free events that ``torch.profiler`` records with
+  ``profile_memory=True``, added to what was held before. Process RSS is *not* used: it counts the
+  Python heap, libraries and pages the allocator keeps, and is not a measure of tensor memory.
+- **a training step** (:func:`measure_training_step`): the above, together, for one forward +
+  backward (+ optimizer step).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator
+
+import torch
+from torch import nn
+
+MiB = 2**20
+
+
+def tensor_bytes(t: torch.Tensor) -> int:
+    """Bytes of the tensor's elements: ``numel * element_size``."""
+    return t.numel() * t.element_size()
+
+
+def _storage_key(t: torch.Tensor) -> tuple[str, int]:
+    return (t.device.type, t.untyped_storage().data_ptr())
+
+
+def unique_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    """Bytes of the storages behind ``tensors``, each storage counted once (tied weights, views)."""
+    seen: dict[tuple[str, int], int] = {}
+    for t in tensors:
+        seen.setdefault(_storage_key(t), t.untyped_storage().nbytes())
+    return sum(seen.values())
+
+
+def _quant_state_tensors(p: torch.Tensor) -> list[torch.Tensor]:
+    """The extra tensors bitsandbytes keeps beside a quantized weight (absmax, nested absmax, code...)."""
+    out = []
+    qs = getattr(p, "quant_state", None)
+    while qs is not None:
+        out += [t for t in (getattr(qs, "absmax", None), getattr(qs, "code", None)) if isinstance(t, torch.Tensor)]
+        qs = getattr(qs, "state2", None)
+    scb = getattr(p, "SCB", None)
+    if isinstance(scb, torch.Tensor):
+        out.append(scb)
+    return out
+
+
+def parameter_bytes(model: nn.Module, trainable_only: bool = False) -> int:
+    """Bytes of the model's parameters (tied weights counted once).
+
+    For bitsandbytes-quantized weights this includes the quantization constants they carry
+    (absmax per block, nested constants, code table, int8 row scales).
+    """
+    params = [p for p in model.parameters() if p.requires_grad or not trainable_only]
+    extras = [t for p in params for t in _quant_state_tensors(p)]
+    return unique_bytes(params) + unique_bytes(extras)
+
+
+def gradient_bytes(model: nn.Module) -> int:
+    """Bytes of the ``.grad`` tensors that exist now (zero after ``zero_grad(set_to_none=True)``)."""
+    return unique_bytes(p.grad for p in model.parameters() if p.grad is not None)
+
+
+def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of every tensor in the optimizer's state (Adam: ``exp_avg`` and ``exp_avg_sq``, plus ``step``).
+
+    States appear at the first ``optimizer.step()``; before it this is 0.
+    """
+    return unique_bytes(
+        t for state in optimizer.state.values() for t in state.values() if isinstance(t, torch.Tensor)
+    )
+
+
+@dataclass
+class SavedTensors:
+    """What autograd saved for backward inside a :func:`count_saved_tensors` block."""
+
+    bytes: int = 0
+    tensors: int = 0
+    _seen: set = field(default_factory=set, repr=False)
+
+
+@contextmanager
+def count_saved_tensors(exclude: nn.Module | Iterable[torch.Tensor] | None = None) -> Iterator[SavedTensors]:
+    """Count the bytes autograd saves for backward while the block runs (the activation memory).
+
+    Each storage is counted once; storages of ``exclude`` (a module's parameters, usually the model)
+    are not activations and are left out. Tensors saved inside a checkpointed region are not seen:
+    checkpointing stores none of them, which is the point.
+    """
+    if isinstance(exclude, nn.Module):
+        exclude = list(exclude.parameters())
+    result = SavedTensors()
+    result._seen = {_storage_key(t) for t in (exclude or [])}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        key = _storage_key(t)
+        if key not in result._seen:
+            result._seen.add(key)
+            result.bytes += t.untyped_storage().nbytes()
+            result.tensors += 1
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        yield result
+
+
+@contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Silence the C++ profiler's start/stop lines, written straight to file descriptor 2."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+@dataclass
+class MemoryTrace:
+    """Tensor memory over the course of a function call.
+
+    ``times_ms`` and ``bytes`` give the held bytes after each allocation/free event (CPU: from the
+    profiler; CUDA: also from the profiler); ``baseline`` is what was held before the call;
+    ``peak`` is the highest bytes held during it (CUDA: the allocator's ``max_memory_allocated``);
+    ``phases`` maps a phase name to its (start_ms, end_ms) for phases marked with
+    ``torch.profiler.record_function("phase:NAME")``.
+    """
+
+    baseline: int
+    peak: int
+    times_ms: list[float]
+    bytes: list[int]
+    phases: dict[str, tuple[float, float]]
+    source: str
+
+    @property
+    def peak_above_baseline(self) -> int:
+        return self.peak - self.baseline
+
+
+def trace_memory(fn: Callable[[], Any], device: torch.device | str | None = None,
+                 baseline: int | None = None) -> tuple[Any, MemoryTrace]:
+    """Run ``fn()`` and return ``(its result, MemoryTrace)``.
+
+    ``baseline``: the bytes already held when ``fn`` starts. On CUDA it is read from the allocator;
+    on the CPU pass it (e.g. ``parameter_bytes(model) + ...``), since nothing else knows it; default 0.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    device = torch.device(device or "cpu")
+    activities = [ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        baseline = torch.cuda.memory_allocated(device)
+    baseline = baseline or 0
+    with _quiet_stderr(), profile(activities=activities, profile_memory=True) as prof:
+        result = fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    events = list(prof.profiler.kineto_results.events())
+    t0 = min((e.start_ns() for e in events), default=0)
+    mem = sorted(
+        (e.start_ns(), e.nbytes()) for e in events
+        if e.name() == "[memory]" and e.device_type().name == device.type.upper()
+    )
+    held, times, values = baseline, [0.0], [baseline]
+    for t, n in mem:
+        held += n
+        times.append((t - t0) / 1e6)
+        values.append(held)
+    phases = {
+        e.name()[len("phase:"):]: ((e.start_ns() - t0) / 1e6, (e.end_ns() - t0) / 1e6)
+        for e in events if e.name().startswith("phase:")
+    }
+    if device.type == "cuda":
+        peak, source = torch.cuda.max_memory_allocated(device), "torch.cuda.max_memory_allocated"
+    else:
+        peak, source = max(values), "torch.profiler memory events"
+    return result, MemoryTrace(baseline, peak, times, values, phases, source)
+
+
+@dataclass
+class StepMemory:
+    """Bytes of one training step, by kind (see the module docstring for what each counts)."""
+
+    weights: int
+    gradients: int
+    optimizer_states: int
+    activations: int
+    peak: int
+    seconds: float
+    trace: MemoryTrace = field(repr=False)
+
+    def breakdown(self) -> dict[str, int]:
+        """The four parts of training memory, for :func:`utils.plots.plot_memory_breakdown`."""
+        return {"weights": self.weights, "gradients": self.gradients,
+                "optimizer states": self.optimizer_states, "activations": self.activations}
+
+
+def _loss(output: Any) -> torch.Tensor:
+    loss = output.loss if hasattr(output, "loss") else output
+    if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+        raise ValueError("The step's forward must return a scalar loss (or an output with .loss); "
+                         "pass labels to a transformers model, or wrap the model with a loss function.")
+    return loss
+
+
+def measure_training_step(
+    model: nn.Module,
+    batch: dict[str, torch.Tensor] | torch.Tensor,
+    optimizer: torch.optim.Optimizer | None = None,
+    forward: Callable[[nn.Module, Any], Any] | None = None,
+) -> StepMemory:
+    """Run one training step (forward, backward, optimizer step if given) and measure its memory.
+
+    ``forward(model, batch)`` must return a scalar loss or an output with ``.loss``; the default
+    calls ``model(**batch)`` for a dict and ``model(batch)`` otherwise. Gradients are cleared
+    (set to None) before the step, so the trace shows them being allocated. The optimizer states
+    of an optimizer that has not stepped yet appear during the step, as they do in real training.
+    """
+    forward = forward or (lambda m, b: m(**b) if isinstance(b, dict) else m(b))
+    device = next(model.parameters()).device
+    model.zero_grad(set_to_none=True)
+    if optimizer is not None:
+        optimizer.zero_grad(set_to_none=True)
+    held_before = parameter_bytes(model) + (optimizer_state_bytes(optimizer) if optimizer else 0)
+    saved = SavedTensors()
+
+    def step() -> None:
+        nonlocal saved
+        with torch.profiler.record_function("phase:forward"), count_saved_tensors(model) as s:
+            loss = _loss(forward(model, batch))
+        saved = s
+        with torch.profiler.record_function("phase:backward"):
+            loss.backward()
+        if optimizer is not None:
+            with torch.profiler.record_function("phase:optimizer"):
+                optimizer.step()
+
+    start = time.perf_counter()
+    _, trace = trace_memory(step, device, baseline=held_before)
+    seconds = time.perf_counter() - start
+    return StepMemory(
+        weights=parameter_bytes(model),
+        gradients=gradient_bytes(model),
+        optimizer_states=optimizer_state_bytes(optimizer) if optimizer else 0,
+        activations=saved.bytes,
+        peak=trace.peak,
+        seconds=seconds,
+        trace=trace,
+    )
+
+
+def format_bytes(n: float) -> str:
+    """Human-readable bytes in binary units: ``'27.3 MiB'``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
