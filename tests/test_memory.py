@@ -1,0 +1,112 @@
+"""The memory helpers against sizes computed by hand."""
+import pytest
+import torch
+from torch import nn
+
+from utils import memory as m
+
+B, D, H = 8, 16, 32  # batch, input width, hidden width
+
+
+def mlp() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(D, H), nn.ReLU(), nn.Linear(H, D))
+
+
+def n_params() -> int:
+    return D * H + H + H * D + D
+
+
+def test_static_bytes_follow_the_formulas():
+    model = mlp()
+    assert m.parameter_bytes(model) == 4 * n_params()
+    assert m.parameter_bytes(model.half()) == 2 * n_params()
+
+
+def test_tied_weights_are_counted_once():
+    a, b = nn.Linear(D, D, bias=False), nn.Linear(D, D, bias=False)
+    b.weight = a.weight
+    assert m.parameter_bytes(nn.Sequential(a, b)) == 4 * D * D
+
+
+def test_trainable_only_skips_frozen_parameters():
+    model = mlp()
+    model[0].requires_grad_(False)
+    assert m.parameter_bytes(model, trainable_only=True) == 4 * (H * D + D)
+
+
+def test_gradients_and_adam_states():
+    model = mlp()
+    opt = torch.optim.AdamW(model.parameters())
+    assert m.gradient_bytes(model) == 0 and m.optimizer_state_bytes(opt) == 0
+    model(torch.randn(B, D)).sum().backward()
+    assert m.gradient_bytes(model) == 4 * n_params()
+    opt.step()
+    # exp_avg and exp_avg_sq: 8 bytes per parameter, plus a 4-byte fp32 `step` per parameter tensor
+    assert m.optimizer_state_bytes(opt) == 8 * n_params() + 4 * 4
+
+
+def test_saved_activations_of_an_mlp():
+    model = mlp()
+    x = torch.randn(B, D)
+    with m.count_saved_tensors(model) as saved:
+        model(x).sum()
+    # Linear 1 saves its input x, ReLU saves its output (which Linear 2 saves again: same storage).
+    assert saved.bytes == 4 * (B * D + B * H)
+    assert saved.tensors == 2
+
+
+def test_nothing_is_saved_under_no_grad():
+    model = mlp()
+    with torch.no_grad(), m.count_saved_tensors(model) as saved:
+        model(torch.randn(B, D))
+    assert saved.bytes == 0
+
+
+def test_checkpointed_region_saves_only_its_input():
+    from torch.utils.checkpoint import checkpoint
+
+    model = mlp()
+    x = torch.randn(B, D, requires_grad=True)
+    with m.count_saved_tensors(model) as saved:
+        checkpoint(model, x, use_reentrant=False).sum()
+    assert saved.bytes < 4 * (B * D + B * H)
+
+
+def test_trace_memory_sees_allocations_and_frees():
+    def work():
+        a = torch.ones(1000, 250)  # 1,000,000 bytes
+        b = a * 2                  # another 1,000,000
+        del a
+        return b.sum()
+
+    _, trace = m.trace_memory(work, baseline=123)
+    assert trace.baseline == 123
+    assert trace.peak - trace.baseline >= 2_000_000
+    assert trace.peak - trace.baseline < 2_100_000
+    assert trace.bytes[0] == 123 and len(trace.bytes) == len(trace.times_ms)
+
+
+def test_training_step_breakdown_and_peak():
+    model = mlp()
+    opt = torch.optim.AdamW(model.parameters())
+    x = torch.randn(B, D)
+    s = m.measure_training_step(model, x, opt, forward=lambda mod, b: mod(b).pow(2).mean())
+    assert s.weights == 4 * n_params()
+    assert s.gradients == 4 * n_params()
+    assert s.optimizer_states == 8 * n_params() + 16
+    assert s.activations == 4 * (B * D + B * H + B * D)  # x, ReLU output, model output (pow saves it)
+    # At the end of the step weights, gradients and states are all held: the peak is at least that.
+    assert s.peak >= s.weights + s.gradients + s.optimizer_states
+    assert set(s.trace.phases) == {"forward", "backward", "optimizer"}
+    assert s.breakdown()["activations"] == s.activations
+
+
+def test_training_step_needs_a_scalar_loss():
+    with pytest.raises(ValueError, match="scalar loss"):
+        m.measure_training_step(mlp(), torch.randn(B, D))
+
+
+@pytest.mark.parametrize("n, text", [(512, "512 B"), (2048, "2.0 KiB"), (3 * 2**20, "3.0 MiB"), (5 * 2**30, "5.0 GiB")])
+def test_format_bytes(n, text):
+    assert m.format_bytes(n) == text
