@@ -39,7 +39,8 @@ case "${1:-}" in
   setup) setup ;;
   lab)
     setup
-    exec jupyter lab --notebook-dir=. notebooks/00_setup.ipynb "${@:2}" ;;
+    root_flag=(); [ "$(id -u)" = 0 ] && root_flag=(--allow-root)  # JupyterLab refuses root without it
+    exec jupyter lab --notebook-dir=. "${root_flag[@]}" notebooks/00_setup.ipynb "${@:2}" ;;
   test)
     setup
     # Unit tests, the JupyterLab check, and every notebook under strict nbval (outputs compared).
