@@ -30,3 +30,4 @@ __all__ = [
     "plot_memory_breakdown", "plot_memory_timeline", "quiet", "score", "seed_everything",
     "supports_bf16", "tensor_bytes", "trace_memory", "unique_bytes",
 ]
+from .estimator import GPUS, Estimate, ModelShape, Recipe, common_shapes, estimate, load_shape, shape_from_config  # noqa: E402
