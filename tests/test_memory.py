@@ -110,3 +110,19 @@ def test_training_step_needs_a_scalar_loss():
 @pytest.mark.parametrize("n, text", [(512, "512 B"), (2048, "2.0 KiB"), (3 * 2**20, "3.0 MiB"), (5 * 2**30, "5.0 GiB")])
 def test_format_bytes(n, text):
     assert m.format_bytes(n) == text
+
+
+def test_int8_row_scales_are_counted_before_and_after_the_first_forward():
+    import bitsandbytes as bnb
+
+    torch.manual_seed(0)
+    fp = nn.Linear(64, 32)
+    q = bnb.nn.Linear8bitLt(64, 32, has_fp16_weights=False, threshold=6.0)
+    q.load_state_dict(fp.state_dict())
+    q = q.to("cpu")
+    expected = 64 * 32 * 1 + 32 * 4 + 32 * 4  # int8 weight, fp32 bias, one fp32 scale per output row
+    assert m.parameter_bytes(q) == expected
+    q.eval()
+    with torch.no_grad():
+        q(torch.randn(4, 64))
+    assert m.parameter_bytes(q) == expected

@@ -68,6 +68,10 @@ def parameter_bytes(model: nn.Module, trainable_only: bool = False) -> int:
     """
     params = [p for p in model.parameters() if p.requires_grad or not trainable_only]
     extras = [t for p in params for t in _quant_state_tensors(p)]
+    # Linear8bitLt moves its int8 row scales from weight.SCB to module.state.SCB at the first forward.
+    extras += [m.state.SCB for m in model.modules()
+               if isinstance(getattr(getattr(m, "state", None), "SCB", None), torch.Tensor)
+               and any(p.requires_grad or not trainable_only for p in m.parameters(recurse=False))]
     return unique_bytes(params) + unique_bytes(extras)
 
 
