@@ -42,7 +42,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -238,10 +238,12 @@ class Recipe:
         return self.method in ("lora", "qlora")
 
     def label(self) -> str:
-        """A short human-readable name: ``'QLoRA r=64 bf16 +ckpt'``."""
+        """A short human-readable name: ``'QLoRA r=64 (all) mixed paged_adamw +ckpt'``."""
         name = {"full": "full", "lora": "LoRA", "qlora": "QLoRA"}[self.method]
         if self.uses_adapters:
-            name += f" r={self.lora_r}"
+            targets = self.lora_targets
+            short = "all" if targets == LINEAR_NAMES else ",".join(t.split("_")[0] for t in targets)
+            name += f" r={self.lora_r} ({short})"
         name += f" {self.precision}"
         if self.optimizer != "adamw":
             name += f" {self.optimizer}"
@@ -666,44 +668,53 @@ def _down_gradient_bytes(params: list[Param], layer: int) -> int:
     return sum(p.numel * p.itemsize for p in params if p.trainable and p.name.startswith(f"{layer}.down_proj"))
 
 
+Moment = dict[str, int]  # {"weights", "optimizer states", "gradients", "activations", "temporaries"} -> bytes
+
+
+def _moment(W: int, S: int, grads: int, acts: int, temporaries: int) -> Moment:
+    return {"weights": W, "optimizer states": S, "gradients": grads, "activations": acts, "temporaries": temporaries}
+
+
 def peak_moments(shape: ModelShape, recipe: Recipe, params: list[Param] | None = None,
-                 ledger: ActivationLedger | None = None) -> dict[str, int]:
-    """Bytes held at each candidate peak moment of a steady-state training step (states already exist).
+                 ledger: ActivationLedger | None = None) -> dict[str, Moment]:
+    """What is held at each candidate peak moment of a steady-state training step, by kind.
+
+    Every moment holds the weights and the optimizer states (they exist from the first step on).
 
     - ``"loss backward"``: all saved activations, plus the fp32 gradients of the log-softmax output and
       of the logits (``nll_loss_backward``, ``_log_softmax_backward_data``): ``2 * tokens * vocab * 4``.
-    - ``"MLP backward, layer l"``: gradients produced so far; the activations of layers below (their
-      checkpointed inputs, with checkpointing) and of this layer (recomputed, with checkpointing) except
-      what only ``down_proj`` saved; the incoming residual gradient; the gradient of the MLP product and
-      the two gradients ``mul`` makes (silu output, up output), or the dequantized ``down_proj`` weight
-      if that is larger (QLoRA: bitsandbytes dequantizes the whole matrix for the input gradient).
+    - ``"MLP backward, layer l of L"`` (the top layer, processed first, and the bottom one, processed
+      last): the gradients produced so far; the activations of the layers below (their checkpointed
+      inputs, with checkpointing) and of this layer (recomputed, with checkpointing) except what only
+      ``down_proj`` saved; as temporaries the incoming residual gradient and the larger of two
+      instants: ``down_proj``'s backward (the input gradient of its LoRA branch, which runs first, or
+      else what the base layer saved; the base's input gradient; for QLoRA the whole weight,
+      dequantized by bitsandbytes for the input gradient) and ``mul``'s backward (the product's gradient and the two it makes, for the silu and
+      up outputs). Held bytes change linearly from layer to layer, so the two ends bound the others.
     - ``"embedding backward"`` (tied, trainable embeddings): all gradients plus two vocabulary x hidden
-      buffers (the embedding gradient and its sum with the output head's gradient).
+      buffers (measured on the CPU: the embedding's gradient and its sum with the output head's).
     - ``"optimizer step"``: all gradients plus :func:`optimizer_temporary_bytes`.
-
-    Every moment includes the weights and optimizer states.
     """
     params = params if params is not None else parameter_inventory(shape, recipe)
     ledger = ledger or activation_ledger(shape, recipe)
     W, S, G = weight_bytes(params, recipe), optimizer_state_bytes(params, recipe.optimizer), gradient_bytes(params)
-    base = W + S
     # Checkpointing keeps, besides the saved layer inputs, what the recomputation needs: the rotary
     # cos/sin and position ids passed as keyword arguments, and per layer the CPU RNG state that
     # torch.utils.checkpoint stashes (preserve_rng_state=True; on CUDA it stays in host memory).
-    rope_alive = 0
+    kept = 0
     if recipe.checkpointing:
         rng = CPU_RNG_STATE_BYTES if recipe.device == "cpu" else 0
-        rope_alive = ledger.rope_bytes + 8 * recipe.seq_len + shape.layers * rng
-    moments = {"loss backward": base + ledger.total + rope_alive + 2 * ledger.logits_numel * 4}
+        kept = ledger.rope_bytes + 8 * recipe.seq_len + shape.layers * rng
+    moments = {"loss backward": _moment(W, S, 0, ledger.total + kept, 2 * ledger.logits_numel * 4)}
     layer_grads, other_grads = _layer_gradient_bytes(params, shape.layers)
     ids = sum(t.nbytes for what, t in ledger.shared.tensors.values() if what.startswith("embedding"))
-    rope = rope_alive if recipe.checkpointing else sum(
+    rope = kept if recipe.checkpointing else sum(
         t.nbytes for what, t in ledger.shared.tensors.values() if what.startswith("rotary"))
     if not shape.tied_embeddings:  # an untied embedding's gradient comes last, after every layer
         other_grads -= sum(p.numel * p.itemsize for p in params if p.trainable and p.name == "embed_tokens")
     n = recipe.batch_size * recipe.seq_len
     w_deq = shape.hidden * shape.intermediate * (4 if recipe.precision == "fp32" else 2)
-    for l in sorted({0, shape.layers - 1}):
+    for l in sorted({shape.layers - 1, 0}, reverse=True):
         layer = ledger.layers[l]
         if recipe.checkpointing:
             below = sum(ledger.layers[j].input.nbytes for j in range(l))
@@ -711,15 +722,20 @@ def peak_moments(shape: ModelShape, recipe: Recipe, params: list[Param] | None =
         else:
             below = sum(ledger.layers[j].saved.bytes for j in range(l))
             here = layer.saved.bytes
-        here -= layer.down_only
         grads = other_grads + sum(layer_grads[l + 1:]) + _down_gradient_bytes(params, l)
-        m = layer.mlp_itemsize
-        mlp = n * shape.intermediate * m
-        transient = layer.output.nbytes + mlp + max(2 * mlp, w_deq if recipe.method == "qlora" else 0)
-        moments[f"MLP backward, layer {l}"] = base + ids + rope + below + here + grads + transient
+        mlp = n * shape.intermediate * layer.mlp_itemsize
+        # down_proj's backward: its LoRA branch runs first (its saved input freed, its input gradient
+        # kept), else what the base saved is still held; then the base's input gradient, from the
+        # weight dequantized whole if it is 4-bit. mul's backward: the product's gradient and the
+        # two it makes. Both on top of the incoming residual gradient.
+        lora_down = recipe.uses_adapters and "down_proj" in recipe.lora_targets
+        down = (mlp if lora_down else layer.down_only) + (w_deq if recipe.method == "qlora" else 0) + mlp
+        transient = layer.output.nbytes + max(down, 3 * mlp)
+        acts = ids + rope + below + here - layer.down_only
+        moments[f"MLP backward, layer {l + 1} of {shape.layers}"] = _moment(W, S, grads, acts, transient)
     if recipe.method == "full" and shape.tied_embeddings:
-        moments["embedding backward"] = base + G + 2 * shape.vocab * shape.hidden * params[0].itemsize
-    moments["optimizer step"] = base + G + optimizer_temporary_bytes(params, recipe.optimizer, recipe.device)
+        moments["embedding backward"] = _moment(W, S, G, 0, 2 * shape.vocab * shape.hidden * params[0].itemsize)
+    moments["optimizer step"] = _moment(W, S, G, 0, optimizer_temporary_bytes(params, recipe.optimizer, recipe.device))
     return moments
 
 
@@ -746,48 +762,37 @@ class Estimate:
     gradients: int
     optimizer_states: int
     activations: int
-    peak: int
-    peak_moment: str
-    moments: dict[str, int]
+    moments: dict[str, Moment]
     overhead: int
+
+    @property
+    def peak_moment(self) -> str:
+        """The moment of the step that holds the most (ties: the earliest)."""
+        return max(self.moments, key=lambda m: sum(self.moments[m].values()))
+
+    @property
+    def peak_parts(self) -> dict[str, int]:
+        """The peak split into weights, optimizer states, gradients, activations and temporaries."""
+        return dict(self.moments[self.peak_moment])
+
+    @property
+    def peak(self) -> int:
+        return sum(self.peak_parts.values())
 
     @property
     def total(self) -> int:
         return self.peak + self.overhead
 
     @property
-    def transient(self) -> int:
-        """What the peak holds besides weights, states, and the gradients/activations it is built on."""
-        return self.peak_parts["temporaries"]
-
-    @property
-    def peak_parts(self) -> dict[str, int]:
-        """The peak split into weights, optimizer states, gradients, activations and temporaries.
-
-        At the optimizer step and the end of backward activations are gone; at the loss backward no
-        gradient exists yet; inside the layers both are partial, and the split is approximate there
-        (all gradients minus what is not yet produced are counted under ``temporaries``).
-        """
-        rest = self.peak - self.weights - self.optimizer_states
-        if self.peak_moment in ("optimizer step", "embedding backward"):
-            grads, acts = self.gradients, 0
-        elif self.peak_moment == "loss backward":
-            grads, acts = 0, min(self.activations, rest)
-        else:
-            grads, acts = 0, min(self.activations, rest)
-        return {"weights": self.weights, "optimizer states": self.optimizer_states, "gradients": grads,
-                "activations": acts, "temporaries": rest - grads - acts}
+    def pageable(self) -> int:
+        """Bytes of paged optimizer states: CUDA unified memory, which the driver moves to CPU RAM when
+        the GPU runs short (and which ``torch.cuda.max_memory_allocated`` does not count)."""
+        return self.optimizer_states if self.recipe.optimizer.startswith("paged") else 0
 
     def breakdown(self) -> dict[str, int]:
         """The four kinds of :meth:`utils.StepMemory.breakdown`, for :func:`utils.plot_memory_breakdown`."""
         return {"weights": self.weights, "gradients": self.gradients,
                 "optimizer states": self.optimizer_states, "activations": self.activations}
-
-    @property
-    def pageable(self) -> int:
-        """Bytes of paged optimizer states: CUDA unified memory, which the driver moves to CPU RAM when
-        the GPU runs short (and which ``torch.cuda.max_memory_allocated`` does not count)."""
-        return self.optimizer_states if self.recipe.optimizer.startswith("paged") else 0
 
     def fits(self, capacity: int) -> bool:
         """True when ``total`` (peak plus stated overhead) is at most ``capacity`` bytes."""
@@ -819,8 +824,6 @@ def estimate(config: Any, recipe: Recipe | None = None, overhead: int | None = N
         overhead = CUDA_OVERHEAD_BYTES if recipe.device == "cuda" else 0
     params = parameter_inventory(shape, recipe)
     ledger = activation_ledger(shape, recipe)
-    moments = peak_moments(shape, recipe, params, ledger)
-    moment = max(moments, key=moments.__getitem__)
     return Estimate(
         shape=shape, recipe=recipe,
         parameters=shape.parameters(),
@@ -829,13 +832,8 @@ def estimate(config: Any, recipe: Recipe | None = None, overhead: int | None = N
         gradients=gradient_bytes(params),
         optimizer_states=optimizer_state_bytes(params, recipe.optimizer),
         activations=ledger.total,
-        peak=moments[moment], peak_moment=moment, moments=moments, overhead=overhead,
+        moments=peak_moments(shape, recipe, params, ledger), overhead=overhead,
     )
-
-
-def recipe_fields() -> list[str]:
-    """The names of :class:`Recipe`'s fields (for error messages and tables)."""
-    return [f.name for f in fields(Recipe)]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -854,15 +852,26 @@ def llama_config(shape: ModelShape, **overrides: Any):
     return LlamaConfig(**kwargs)
 
 
+def _half(device: str):
+    """The 16-bit dtype of ``device``: bfloat16 on the CPU, ``utils.compute_dtype`` on CUDA (fp16 on a T4)."""
+    import torch
+
+    from .device import compute_dtype
+
+    return torch.bfloat16 if torch.device(device).type == "cpu" else compute_dtype(torch.device(device))
+
+
 def build_model(shape: ModelShape, recipe: Recipe, seed: int = 0, device: str | None = None):
     """A ``LlamaForCausalLM`` with random weights, prepared as ``recipe`` trains it.
 
-    - ``bf16``/``mixed``: the model (LoRA, QLoRA: its base) in bfloat16; ``fp32``: float32.
+    - ``bf16``/``mixed``: the model (LoRA, QLoRA: its base) in 16-bit (bfloat16; fp16 on GPUs without
+      bf16); ``fp32``: float32.
     - QLoRA: the random weights are saved to a temporary folder and loaded back with a
       ``BitsAndBytesConfig`` (NF4, ``double_quant``), the way a real checkpoint is loaded.
     - LoRA/QLoRA: ``peft.get_peft_model`` with ``r=lora_r``, ``lora_alpha=2*r``, dropout 0 (PEFT keeps
       the adapters in fp32; ``adapter_dtype="bf16"`` casts them afterwards).
-    - Checkpointing: ``gradient_checkpointing_enable`` with ``use_reentrant=False``.
+    - Checkpointing: ``activation_checkpointing_enable`` (transformers 5; ``gradient_checkpointing_enable`` is
+      its deprecated alias) with ``use_reentrant=False``.
     """
     import tempfile
 
@@ -871,7 +880,7 @@ def build_model(shape: ModelShape, recipe: Recipe, seed: int = 0, device: str | 
 
     device = device or recipe.device
     full = recipe.method == "full"
-    dtype = torch.float32 if _dtype_bytes(recipe.precision, "master" if full else "base") == 4 else torch.bfloat16
+    dtype = torch.float32 if _dtype_bytes(recipe.precision, "master" if full else "base") == 4 else _half(device)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(llama_config(shape)).to(dtype)
     if recipe.method == "qlora":
@@ -895,7 +904,7 @@ def prepare_for_training(model, recipe: Recipe):
 
     model.config.use_cache = False
     if recipe.checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if recipe.uses_adapters:
         from peft import LoraConfig, get_peft_model
 
@@ -927,7 +936,8 @@ def measure_recipe(model, recipe: Recipe, seed: int = 0, steps: int = 2):
     """Train ``steps`` steps on random tokens and return the last one's ``utils.StepMemory``.
 
     The first step creates the optimizer states, so that the measured step is a steady-state one, as
-    the estimate assumes. ``mixed`` runs the forward pass under ``torch.autocast`` (bfloat16).
+    the estimate assumes. ``mixed`` runs the forward pass under ``torch.autocast`` (bfloat16; fp16 on
+    GPUs without bf16).
     """
     import warnings
 
@@ -942,7 +952,7 @@ def measure_recipe(model, recipe: Recipe, seed: int = 0, steps: int = 2):
     autocast = recipe.precision == "mixed"
 
     def forward(m, b):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+        with torch.autocast(device.type, dtype=_half(str(device)), enabled=autocast):
             return m(**b)
 
     with warnings.catch_warnings():
