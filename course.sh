@@ -26,9 +26,11 @@ setup() {
       python -m pip install -q "torch==$TORCH_VERSION"
     else
       echo "course.sh: no NVIDIA GPU: installing the CPU build of torch $TORCH_VERSION"
-      # A local wheel first (pip's find-links), else PyTorch's CPU index: never the multi-GB CUDA build.
-      python -m pip install -q --no-index "torch==$TORCH_VERSION+cpu" 2>/dev/null \
-        || python -m pip install -q "torch==$TORCH_VERSION+cpu" --index-url https://download.pytorch.org/whl/cpu
+      # "+cpu" matches only CPU builds: from the indexes pip already knows (a local wheel, a mirror),
+      # else from PyTorch's CPU index. Never the multi-GB CUDA build.
+      python -m pip install -q "torch==$TORCH_VERSION+cpu" 2>/dev/null \
+        || python -m pip install -q "torch==$TORCH_VERSION+cpu" \
+             --index-url https://download.pytorch.org/whl/cpu --extra-index-url https://pypi.org/simple
     fi
   fi
   python -m pip install -q -r requirements-dev.txt
