@@ -939,6 +939,7 @@ def measure_recipe(model, recipe: Recipe, seed: int = 0, steps: int = 2):
     the estimate assumes. ``mixed`` runs the forward pass under ``torch.autocast`` (bfloat16; fp16 on
     GPUs without bf16).
     """
+    import gc
     import warnings
 
     import torch
@@ -962,4 +963,11 @@ def measure_recipe(model, recipe: Recipe, seed: int = 0, steps: int = 2):
             model.zero_grad(set_to_none=True)
             forward(model, batch).loss.backward()
             optimizer.step()
-        return measure_training_step(model, batch, optimizer, forward=forward)
+        # Free earlier models' garbage now, and keep the collector out of the measured step: a
+        # collection inside it would record frees of tensors the trace never saw allocated.
+        gc.collect()
+        gc.disable()
+        try:
+            return measure_training_step(model, batch, optimizer, forward=forward)
+        finally:
+            gc.enable()
