@@ -17,6 +17,7 @@ Four kinds of number, each exact about what it counts:
 """
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import time
@@ -179,10 +180,19 @@ def trace_memory(fn: Callable[[], Any], device: torch.device | str | None = None
         torch.cuda.reset_peak_memory_stats(device)
         baseline = torch.cuda.memory_allocated(device)
     baseline = baseline or 0
-    with _quiet_stderr(), profile(activities=activities, profile_memory=True) as prof:
-        result = fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+    # A garbage collection inside fn() would free tensors whose allocation the trace never saw,
+    # lowering the measured peak at random: collect first, and not during the trace.
+    gc.collect()
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        with _quiet_stderr(), profile(activities=activities, profile_memory=True) as prof:
+            result = fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
     events = list(prof.profiler.kineto_results.events())
     t0 = min((e.start_ns() for e in events), default=0)
     mem = sorted(
