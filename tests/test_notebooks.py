@@ -1,4 +1,5 @@
 """The committed notebooks follow the conventions in notebooks/README.md (nbval runs them; this checks their shape)."""
+import re
 from pathlib import Path
 
 import nbformat
@@ -29,6 +30,11 @@ def test_first_cells_follow_the_conventions(path):
     assert len(params) == 1 and "MODEL = None" in params[0].source
 
 
-def test_notebooks_are_numbered_without_gaps():
-    numbers = [int(p.name[:2]) for p in NOTEBOOKS]
-    assert numbers == list(range(len(numbers)))
+def test_notebooks_are_the_planned_ones_in_order():
+    """Every notebook is named as in the conventions' list (notebooks/README.md), and numbered by it."""
+    conventions = (NOTEBOOKS[0].parent / "README.md").read_text()
+    planned = re.findall(r"`(\d\d_[a-z0-9_]+)`", conventions.split("## Names and order", 1)[1].split("##", 1)[0])
+    assert planned[0] == "00_setup" and len(planned) == len(set(planned))
+    for path in NOTEBOOKS:
+        assert path.stem in planned, f"{path.name} is not in the planned list of notebooks/README.md"
+        assert int(path.stem[:2]) == planned.index(path.stem), f"{path.name} is numbered out of order"
