@@ -948,7 +948,6 @@ def measure_recipe(model, recipe: Recipe, seed: int = 0, steps: int = 2):
     the estimate assumes. ``mixed`` runs the forward pass under ``torch.autocast`` (bfloat16; fp16 on
     GPUs without bf16).
     """
-    import gc
     import warnings
 
     import torch
@@ -972,10 +971,5 @@ def measure_recipe(model, recipe: Recipe, seed: int = 0, steps: int = 2):
             model.zero_grad(set_to_none=True)
             forward(model, batch).loss.backward()
             optimizer.step()
-        # Keep the garbage collector out of the measured step: collecting an earlier model inside it
-        # would record frees of tensors the trace never saw allocated, and lower the measured peak.
-        gc.disable()
-        try:
-            return measure_training_step(model, batch, optimizer, forward=forward)
-        finally:
-            gc.enable()
+        # utils.trace_memory keeps the garbage collector out of the measured step.
+        return measure_training_step(model, batch, optimizer, forward=forward)
