@@ -47,6 +47,27 @@ def test_4bit_quantization_config(tiny_model_dir):
     assert isinstance(model.model.layers[0].mlp.down_proj, bnb.nn.Linear4bit)
 
 
+def test_4bit_layers_stay_trainable_after_a_cpu_evaluation(tiny_model_dir):
+    """An eval-mode, no-grad forward (e.g. scoring before training) must not break the backward later."""
+    import bitsandbytes as bnb
+    from transformers import BitsAndBytesConfig
+
+    cfg = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                             bnb_4bit_compute_dtype=torch.float32)
+    model, _ = loading.load_model(tiny_model_dir, quantization_config=cfg, device="cpu")
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert layers and not any(m.support_avx512bf16_for_cpu for m in layers)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    model.eval()
+    with torch.no_grad():
+        model(input_ids=ids)
+    assert not any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in layers)
+    model.train()
+    embeds = model.get_input_embeddings()(ids).detach().requires_grad_(True)
+    model(inputs_embeds=embeds).logits.sum().backward()
+    assert embeds.grad is not None and embeds.grad.abs().sum() > 0
+
+
 def test_missing_folder_says_what_to_do(tmp_path):
     with pytest.raises(FileNotFoundError, match="No folder .*bundled model"):
         loading.load_model(tmp_path / "nope")

@@ -31,7 +31,9 @@ def quiet() -> None:
     """Silence what would make notebook output change from run to run or machine to machine.
 
     Library log messages below ERROR, Hugging Face download/loading progress bars and the
-    bitsandbytes notice about optional CPU kernels. Training progress bars stay (they are ours).
+    bitsandbytes notice about optional CPU kernels. Note: with the transformers log level above
+    WARNING, ``TrainingArguments(disable_tqdm=...)`` defaults to ``True``; pass ``disable_tqdm=False``
+    to keep the training progress bar.
     """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)

@@ -69,6 +69,21 @@ def _check_hub_model(repo_id: str) -> None:
         )
 
 
+def keep_4bit_layers_trainable(model: torch.nn.Module) -> int:
+    """Stop bitsandbytes from repacking 4-bit layers for CPU inference; return how many layers were set.
+
+    On CPUs with AVX512-BF16, bitsandbytes 0.50 repacks a ``Linear4bit`` on its first forward in
+    ``eval()`` mode without gradients (bf16 block scales, double quantization dropped). The repacked
+    layer has no backward, so a later fine-tune gets ``None`` gradients with only a warning.
+    """
+    n = 0
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+            n += 1
+    return n
+
+
 def load_model(
     name: str | os.PathLike | None = None,
     *,
@@ -84,7 +99,8 @@ def load_model(
     - ``dtype``: the dtype of the weights that stay unquantized (transformers 5 renamed ``torch_dtype``).
     - ``device``: default CUDA when present, else CPU.
 
-    Safetensors only, never ``trust_remote_code``. The tokenizer always has a pad token.
+    Safetensors only, never ``trust_remote_code``. The tokenizer always has a pad token. Quantized
+    4-bit layers stay trainable after an evaluation on the CPU (see ``keep_4bit_layers_trainable``).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -106,6 +122,8 @@ def load_model(
     model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
     if quantization_config is None:
         model.to(device)
+    else:
+        keep_4bit_layers_trainable(model)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
 
