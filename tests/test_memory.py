@@ -102,6 +102,26 @@ def test_training_step_breakdown_and_peak():
     assert s.breakdown()["activations"] == s.activations
 
 
+def test_warmup_step_makes_the_measured_step_a_steady_state_one():
+    x = torch.randn(B, D)
+    loss = lambda mod, b: mod(b).pow(2).mean()  # noqa: E731
+    first, by_hand = mlp(), mlp()
+    opt_first, opt_by_hand = torch.optim.AdamW(first.parameters()), torch.optim.AdamW(by_hand.parameters())
+    cold = m.measure_training_step(first, x, opt_first, forward=loss)
+    m.measure_training_step(by_hand, x, opt_by_hand, forward=loss)
+    second = m.measure_training_step(by_hand, x, opt_by_hand, forward=loss)
+    model = mlp()
+    opt = torch.optim.AdamW(model.parameters())
+    warm = m.measure_training_step(model, x, opt, forward=loss, warmup_steps=1)
+    states = 8 * n_params() + 16
+    assert cold.trace.baseline == 4 * n_params()  # AdamW's states appear during the first step
+    assert warm.trace.baseline == 4 * n_params() + states  # ... and are held before the measured one
+    assert (warm.peak, warm.breakdown()) == (second.peak, second.breakdown())
+    torch.testing.assert_close(list(model.parameters()), list(by_hand.parameters()), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="warmup_steps"):
+        m.measure_training_step(model, x, opt, forward=loss, warmup_steps=-1)
+
+
 def test_training_step_needs_a_scalar_loss():
     with pytest.raises(ValueError, match="scalar loss"):
         m.measure_training_step(mlp(), torch.randn(B, D))

@@ -887,6 +887,8 @@ def build_model(shape: ModelShape, recipe: Recipe, seed: int = 0, device: str | 
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig, LlamaForCausalLM
 
+    from .loading import keep_4bit_layers_trainable
+
     device = device or recipe.device
     full = recipe.method == "full"
     dtype = torch.float32 if _dtype_bytes(recipe.precision, "master" if full else "base") == 4 else _half(device)
@@ -899,6 +901,7 @@ def build_model(shape: ModelShape, recipe: Recipe, seed: int = 0, device: str | 
                                        bnb_4bit_use_double_quant=recipe.double_quant, bnb_4bit_compute_dtype=dtype)
             model = AutoModelForCausalLM.from_pretrained(folder, quantization_config=quant, dtype=dtype,
                                                          device_map={"": device})
+        keep_4bit_layers_trainable(model)  # as utils.load_model does
     else:
         model.to(device)
     return prepare_for_training(model, recipe)
@@ -967,9 +970,5 @@ def measure_recipe(model, recipe: Recipe, seed: int = 0, steps: int = 2):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e.g. bitsandbytes: paged optimizers fall back to unpaged on the CPU
         optimizer = make_optimizer(model, recipe)
-        for _ in range(steps - 1):
-            model.zero_grad(set_to_none=True)
-            forward(model, batch).loss.backward()
-            optimizer.step()
         # utils.trace_memory keeps the garbage collector out of the measured step.
-        return measure_training_step(model, batch, optimizer, forward=forward)
+        return measure_training_step(model, batch, optimizer, forward=forward, warmup_steps=steps - 1)

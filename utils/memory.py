@@ -246,6 +246,7 @@ def measure_training_step(
     batch: dict[str, torch.Tensor] | torch.Tensor,
     optimizer: torch.optim.Optimizer | None = None,
     forward: Callable[[nn.Module, Any], Any] | None = None,
+    warmup_steps: int = 0,
 ) -> StepMemory:
     """Run one training step (forward, backward, optimizer step if given) and measure its memory.
 
@@ -253,9 +254,18 @@ def measure_training_step(
     calls ``model(**batch)`` for a dict and ``model(batch)`` otherwise. Gradients are cleared
     (set to None) before the step, so the trace shows them being allocated. The optimizer states
     of an optimizer that has not stepped yet appear during the step, as they do in real training.
+    ``warmup_steps`` unmeasured steps run first: with 1, AdamW already holds its states and the
+    measured step is a steady-state one, like every later step of training.
     """
+    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be a non-negative integer, got {warmup_steps!r}.")
     forward = forward or (lambda m, b: m(**b) if isinstance(b, dict) else m(b))
     device = next(model.parameters()).device
+    for _ in range(warmup_steps):
+        model.zero_grad(set_to_none=True)
+        _loss(forward(model, batch)).backward()
+        if optimizer is not None:
+            optimizer.step()
     model.zero_grad(set_to_none=True)
     if optimizer is not None:
         optimizer.zero_grad(set_to_none=True)
