@@ -4,8 +4,9 @@ The task: rewrite a date written in words as an ISO 8601 date.
 
     {"prompt": "Date: March 3, 1821\\nISO:", "completion": " 1821-03-03"}
 
-The bundled model, pretrained on the King James Version, has never seen the task (its corpus
-holds almost no digits); a LoRA adapter learns it in a few minutes of CPU training. It is scored
+The bundled model, pretrained on the King James Version, has never seen the task: its corpus
+holds digits only in verse references (``Genesis 1:3``), never a date. A LoRA adapter learns it in
+a few minutes of CPU training. It is scored
 by exact match of the greedy completion on the held-out split. The prompt/completion columns are
 the format trl's ``SFTTrainer`` trains on with the loss on the completion only.
 

@@ -1,7 +1,9 @@
 """Build the course's bundled model, ``data/kjv-llama``, from the corpus the repo ships.
 
 Seeded and CPU-only: a byte-level BPE tokenizer and a small Llama-architecture causal LM, both
-trained on the King James Version (``data/corpus/kjv.tsv.gz``). Every 25th chapter is held out;
+trained on the King James Version (``data/corpus/kjv.tsv.gz``), one verse a line with its reference
+as a printed Bible gives it (``Genesis 1:3 And God said, Let there be light: ...``), so that the ten
+digits are ordinary, trained tokens, as in every real pretrained model. Every 25th chapter is held out;
 the script measures held-out perplexity on it, writes it to ``data/lm_heldout.txt`` for the
 notebooks, and records the numbers of the run in ``data/kjv-llama/build_log.json``.
 
@@ -31,18 +33,29 @@ SEED = 0
 VOCAB = 2048
 EOS, PAD = "<|endoftext|>", "<pad>"
 HELDOUT_EVERY = 25  # every 25th chapter is held out
-PROMPTS = ["In the beginning", "And the LORD said unto Moses,"]
+PROMPTS = ["Genesis 1:1 In the beginning", "And the LORD said unto Moses,"]
 
 
 def read_corpus() -> tuple[list[str], list[str]]:
-    """Split the verses into (train, held-out) by chapter: every 25th chapter is held out."""
+    """Split the verses into (train, held-out) by chapter: every 25th chapter is held out.
+
+    Each verse keeps its reference in front: ``1 Kings 3:9 Give therefore thy servant ...``.
+    """
     train, held, chapters = [], [], {}
     with gzip.open(CORPUS, "rt", encoding="utf-8") as f:
         for line in f:
-            book, chapter, _verse, text = line.rstrip("\n").split("\t")
+            book, chapter, verse, text = line.rstrip("\n").split("\t")
             idx = chapters.setdefault((book, chapter), len(chapters))
-            (held if idx % HELDOUT_EVERY == HELDOUT_EVERY - 1 else train).append(text)
+            (held if idx % HELDOUT_EVERY == HELDOUT_EVERY - 1 else train).append(f"{book} {chapter}:{verse} {text}")
     return train, held
+
+
+def digit_cosine(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast) -> float:
+    """Mean pairwise cosine similarity of the ten digits' input embeddings (1.0: all the same direction)."""
+    ids = tokenizer.convert_tokens_to_ids([str(d) for d in range(10)])
+    emb = torch.nn.functional.normalize(model.get_input_embeddings().weight[ids].detach().float(), dim=-1)
+    cos = emb @ emb.T
+    return ((cos.sum() - cos.diagonal().sum()) / (10 * 9)).item()
 
 
 def train_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
@@ -144,6 +157,7 @@ def main() -> None:
     train_seconds = time.perf_counter() - start
 
     ppl = perplexity(model, held_data)
+    cosine = digit_cosine(model, tokenizer)
     model.eval()
     samples = {}
     for prompt in PROMPTS:
@@ -170,8 +184,9 @@ def main() -> None:
         "lr": args.lr,
         "train_seconds": round(train_seconds, 1),
         "torch_threads": torch.get_num_threads(),
-        "final_train_loss": sum(losses[-50:]) / len(losses[-50:]),
+        "final_train_loss": round(sum(losses[-50:]) / len(losses[-50:]), 4),
         "heldout_perplexity": round(ppl, 2),
+        "digit_embedding_mean_cosine": round(cosine, 3),
         "greedy_samples": samples,
         "loss_every_50_steps": losses[::50],
     }
