@@ -7,7 +7,7 @@ digits are ordinary, trained tokens, as in every real pretrained model. Every 25
 the script measures held-out perplexity on it, writes it to ``data/lm_heldout.txt`` for the
 notebooks, and records the numbers of the run in ``data/kjv-llama/build_log.json``.
 
-    python data/build_model.py            # about 15 minutes on 2 CPU cores
+    python data/build_model.py            # about 20 minutes on 2 CPU cores
     python data/build_model.py --steps 50 # a quick smoke run
 """
 from __future__ import annotations
