@@ -213,3 +213,18 @@ def test_recipe_defaults_resolve_targets():
     assert E.Recipe(method="lora", lora_targets="all-linear").lora_targets == E.LINEAR_NAMES
     assert E.Recipe(lora_targets=["v_proj", "q_proj"]).lora_targets == ("q_proj", "v_proj")
     assert math.isclose(E.GPUS["A100 80 GB"] / E.GiB, 80)
+
+
+def test_llama_like_configs_are_read_and_others_refused_by_name():
+    from transformers import GPT2Config, GPTNeoConfig, MistralConfig, OPTConfig, Qwen2Config
+
+    small = dict(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2)
+    for cls in (MistralConfig, Qwen2Config):
+        shape = E.shape_from_config(cls(**small))
+        assert (shape.layers, shape.hidden, shape.kv_heads) == (2, 64, 2)
+    for config, name in ((GPT2Config(), "gpt2"), (GPTNeoConfig(), "gpt_neo"), (OPTConfig(), "opt")):
+        with pytest.raises(ValueError, match=f"not '{name}'.*does not model .*biases"):
+            E.shape_from_config(config)
+    with pytest.raises(ValueError, match="not 'falcon'.*does not model its layers"):
+        E.shape_from_config({"model_type": "falcon", **small})

@@ -69,6 +69,15 @@ OPTIMIZERS = ("adamw", "adamw_fused", "adamw8bit", "paged_adamw", "paged_adamw8b
 DEVICES = ("cpu", "cuda")
 LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 PEFT_DEFAULT_TARGETS = ("q_proj", "v_proj")  # peft/utils/constants.py, "llama"
+# transformers model types built as the estimator models them: decoder blocks of attention (grouped-query
+# allowed) and a gated three-matrix MLP, RMSNorm, no position-embedding table. (Qwen2 adds biases to q, k and
+# v: 3 x hidden numbers per block, left out.)
+LLAMA_LIKE = ("llama", "mistral", "qwen2")
+_NOT_MODELLED = {  # model_type: what the estimator does not model
+    "gpt2": "GPT-2's Conv1D layers with biases, its two-matrix GELU MLP and its learned position embeddings",
+    "gpt_neo": "GPT-Neo's biases, two-matrix GELU MLP, local attention and learned position embeddings",
+    "opt": "OPT's biases, two-matrix ReLU MLP, LayerNorm and learned position embeddings",
+}
 GPUS = {  # memory as nvidia-smi reports it (MiB): a "16 GB" T4 shows 15360 MiB, the others their nominal size
     "T4 16 GB": 15 * GiB,
     "RTX 3090/4090 24 GB": 24 * GiB,
@@ -148,11 +157,18 @@ def shape_from_config(config: Any, name: str = "", source: str = "") -> ModelSha
     """A :class:`ModelShape` from a ``transformers`` config or a mapping with the same keys.
 
     Also accepts the ModelShape field names (``layers``, ``hidden`` ...). A missing field raises a
-    ``ValueError`` that names it; configs with biases in attention or MLP are refused (not modelled).
+    ``ValueError`` that names it; so does a ``model_type`` outside :data:`LLAMA_LIKE` (it names what the
+    estimator does not model), and a config with biases in attention or MLP.
     """
     if isinstance(config, ModelShape):
         return config
     get = config.get if isinstance(config, Mapping) else (lambda k, default=None: getattr(config, k, default))
+    model_type = get("model_type", None)  # absent in data/configs/*.json, which are all Llama-style
+    if model_type is not None and model_type not in LLAMA_LIKE:
+        what = _NOT_MODELLED.get(model_type, "its layers, whose shapes and sizes it does not know")
+        raise ValueError(f"The estimator models Llama-style decoders ({', '.join(LLAMA_LIKE)}), not {model_type!r}: "
+                         f"it does not model {what}, so it would give a wrong number. Measure this model with "
+                         "utils.measure_training_step instead.")
     values: dict[str, Any] = {}
     missing = []
     for f, key in _CONFIG_FIELDS.items():
