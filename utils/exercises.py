@@ -24,20 +24,19 @@ def _equal(answer: Any, expected: Any, rel_tol: float) -> bool:
     return answer == expected
 
 
-def check_answer(name: str, answer: Any, expected: Any, rel_tol: float = 1e-3) -> bool:
+def check_answer(name: str, answer: Any, expected: Any, rel_tol: float = 1e-3) -> None:
     """Compare a learner's ``answer`` with ``expected`` and say so, without printing ``expected``.
 
-    - ``answer is ...`` (not answered yet): prints how to answer and returns ``False``, so a notebook
-      with unanswered exercises still runs top to bottom.
-    - a right answer: prints ``"<name>: correct"`` and returns ``True``. Floats match within
+    - ``answer is ...`` (not answered yet): prints how to answer, so a notebook with unanswered
+      exercises still runs top to bottom.
+    - a right answer: prints ``"<name>: correct"``. Floats match within
       ``rel_tol``; sets, tuples and lists element by element.
     - a wrong answer: raises ``AssertionError`` naming the exercise and the answer given (not the
       expected one).
     """
     if answer is ...:
         print(f"{name}: not answered yet: replace `...` in the cell above with your answer, then run both cells")
-        return False
+        return
     if not _equal(answer, expected, rel_tol):
         raise AssertionError(f"{name}: {answer!r} is not right yet; look again at the hint and try once more")
     print(f"{name}: correct")
-    return True
