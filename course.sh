@@ -5,6 +5,8 @@
 # and, for maintainers:
 #   bash course.sh execute [notebooks/NN_*.ipynb ...]   re-run notebooks in place and clean their metadata
 #   bash course.sh setup                                only set up
+#   bash course.sh gpu-check [--dry-run] [options]      every notebook and measured training steps on a CUDA GPU,
+#                                                       results in gpu_check.json (tests/gpu_check.py --help)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -57,6 +59,9 @@ case "${1:-}" in
       jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=900 "$nb"
     done
     python tests/notebook_tools.py clean "$@" ;;
+  gpu-check)
+    setup
+    exec python tests/gpu_check.py "${@:2}" ;;
   *)
-    echo "usage: bash course.sh {lab|test|execute [notebook ...]|setup}" >&2; exit 2 ;;
+    echo "usage: bash course.sh {lab|test|execute [notebook ...]|setup|gpu-check [--dry-run] [option ...]}" >&2; exit 2 ;;
 esac
