@@ -4,7 +4,9 @@ Validation (the issue's bar): the predicted peak of one training step is within 
 ``utils.measure_training_step`` measures, on the bundled model and on three random-weight Llama
 configurations of different sizes, for full fine-tuning, LoRA and QLoRA, with and without
 checkpointing, on the CPU. Weights, gradients and optimizer states are predicted exactly, the saved
-activations to 1%. A GPU, when present, is checked against CUDA's peak statistics.
+activations to 1%. The recipe options (trl's chunked loss, gradient accumulation, the bytes activation
+offloading moves, ``prepare_model_for_kbit_training``'s upcast, 8-bit states) are checked the same way
+within ``OPTION_TOLERANCE``. A GPU, when present, is checked against CUDA's peak statistics.
 """
 from __future__ import annotations
 
@@ -92,6 +94,89 @@ def test_other_recipes_on_cpu(recipe):
     recipe = E.Recipe(**{**recipe.__dict__, "batch_size": 2, "seq_len": 32, "device": "cpu"})
     shape = SHAPES["2-layer GQA, tied"]
     check(E.estimate(shape, recipe), E.measure_recipe(E.build_model(shape, recipe), recipe))
+
+
+# --- the recipe options: chunked loss, accumulation, offloading, prepare_model_for_kbit_training ----
+
+OPTION_TOLERANCE = 0.01  # the new options' bar on the CPU: peak and saved activations within 1%, bytes offloaded too
+
+
+@pytest.mark.parametrize("shape_name, fields", [
+    ("2-layer GQA, tied", dict(method="full", chunked_loss=True)),
+    ("2-layer GQA, tied", dict(method="lora", chunked_loss=True, batch_size=1)),
+    ("4-layer MHA, untied", dict(method="qlora", chunked_loss=True, checkpointing=True)),
+    ("4-layer MHA, untied", dict(method="full", chunked_loss=True, precision="mixed")),
+    ("2-layer GQA, tied", dict(method="lora", chunked_loss=True, precision="bf16")),
+    ("2-layer GQA, tied", dict(method="full", accumulation_steps=3)),
+    ("4-layer MHA, untied", dict(method="lora", accumulation_steps=2, checkpointing=True)),
+    ("4-layer MHA, untied", dict(method="qlora", accumulation_steps=2, chunked_loss=True)),
+    ("2-layer GQA, tied", dict(method="qlora", precision="bf16", prepare_kbit=True)),
+    ("4-layer MHA, untied", dict(method="qlora", precision="mixed", prepare_kbit=True, checkpointing=True)),
+    ("2-layer GQA, tied", dict(method="full", offload_activations=True)),
+    ("4-layer MHA, untied", dict(method="lora", offload_activations=True, checkpointing=True)),
+    ("2-layer GQA, tied", dict(method="lora", optimizer="adamw8bit", lora_r=64, lora_targets="all-linear")),
+], ids=lambda v: v if isinstance(v, str) else "-".join(f"{k}={w}" for k, w in v.items()))
+def test_recipe_options_match_measurement_on_cpu(shape_name, fields):
+    """Each option predicted against the harness's measurement; offloading: the bytes trl's rules would move."""
+    utils.quiet()
+    recipe = E.Recipe(**{"batch_size": 2, "seq_len": 32, "device": "cpu", **fields})
+    shape = SHAPES[shape_name]
+    model = E.build_model(shape, recipe)
+    predicted, measured = E.estimate(shape, recipe), E.measure_recipe(model, recipe)
+    assert predicted.weights == measured.weights
+    assert predicted.gradients == measured.gradients
+    assert predicted.optimizer_states == measured.optimizer_states
+    assert predicted.activations == pytest.approx(measured.activations, rel=OPTION_TOLERANCE)
+    assert predicted.peak == pytest.approx(measured.peak, rel=OPTION_TOLERANCE), recipe.label()
+    if recipe.offload_activations:
+        assert predicted.offloaded == pytest.approx(E.measure_offloaded(model, recipe), rel=OPTION_TOLERANCE)
+        assert predicted.peak == E.estimate(shape, recipe, offload_activations=False).peak  # CPU: nothing moves
+
+
+def test_harness_runs_trls_chunked_loss():
+    """The chunked recipe really goes through trl's fused head: same loss as the plain one, no logits."""
+    recipe = E.Recipe(method="lora", batch_size=2, seq_len=16, device="cpu")
+    shape = SHAPES["2-layer GQA, tied"]
+    plain, chunked = E.build_model(shape, recipe), E.build_model(shape, E.Recipe(**{**recipe.__dict__, "chunked_loss": True}))
+    ids = torch.randint(0, shape.vocab, (2, 16), generator=torch.Generator().manual_seed(0))
+    out = chunked(input_ids=ids, labels=ids, fused_lm_head=True)
+    assert getattr(out, "logits", None) is None
+    assert out.loss.item() == pytest.approx(plain(input_ids=ids, labels=ids).loss.item(), rel=1e-5)
+
+
+def test_chunked_loss_tile_is_vocab_chunk_wide():
+    """trl's tile buffer is 32768 words wide: below that vocabulary the chunked loss holds more, above it less."""
+    small, big = SHAPES["2-layer GQA, tied"], E.common_shapes()["Llama-3.2-1B"]
+    for shape, cheaper in ((small, False), (big, True)):
+        plain = E.estimate(shape, method="lora", seq_len=1024, checkpointing=True)
+        chunked = E.estimate(shape, method="lora", seq_len=1024, checkpointing=True, chunked_loss=True)
+        assert (chunked.peak < plain.peak) is cheaper
+    assert E.VOCAB_CHUNK == 32768 and E.TOKEN_CHUNK == 4096
+
+
+def test_accumulation_peak_does_not_grow_with_micro_batches():
+    shape = E.common_shapes()["Llama-2-7B"]
+    peaks = {k: E.estimate(shape, method="qlora", precision="mixed", checkpointing=True, accumulation_steps=k).peak
+             for k in (1, 2, 16)}
+    assert peaks[2] == peaks[16] and peaks[1] <= peaks[2]
+    one = E.estimate(shape, method="qlora", precision="mixed", checkpointing=True)
+    assert peaks[2] - peaks[1] <= one.gradients  # at most the resident gradients
+
+
+def test_offloading_lowers_the_gpu_peak_and_reports_host_bytes():
+    shape = E.common_shapes()["Llama-2-7B"]
+    fields = dict(method="qlora", precision="mixed", seq_len=4096, device="cuda")
+    on, off = E.estimate(shape, offload_activations=True, **fields), E.estimate(shape, **fields)
+    assert off.offloaded == 0 and 0.9 * on.activations < on.offloaded < on.activations
+    assert on.peak < off.peak
+
+
+def test_8bit_states_cost_2_bytes_plus_one_absmax_per_256():
+    """bitsandbytes 8-bit AdamW: 2 uint8 moments + one fp32 absmax per 256 values each (fp32 below 4096 elements);
+    the measured recipes above check the bytes against what bitsandbytes holds."""
+    shape = E.common_shapes()["Llama-2-7B"]
+    est = E.estimate(shape, method="full", precision="bf16", optimizer="adamw8bit")
+    assert est.optimizer_states / shape.parameters() == pytest.approx(2 + 2 * 4 / 256, abs=1e-3)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -193,6 +278,11 @@ def test_config_file_errors(tmp_path):
     ({"device": "tpu"}, "Unknown device"),
     ({"lora_targets": ("query",)}, "Unknown LoRA target"),
     ({"checkpointing": "yes"}, "checkpointing must be True or False"),
+    ({"accumulation_steps": 0}, "accumulation_steps must be a positive integer"),
+    ({"chunked_loss": "yes"}, "chunked_loss must be True or False"),
+    ({"offload_activations": 1}, "offload_activations must be True or False"),
+    ({"prepare_kbit": True, "method": "lora"}, "prepare_kbit applies to method='qlora'"),
+    ({"chunked_loss": True, "seq_len": 1}, "needs seq_len >= 2"),
 ])
 def test_bad_recipe_fields_raise_clear_errors(fields, message):
     with pytest.raises(ValueError, match=message):
