@@ -146,3 +146,97 @@ def test_int8_row_scales_are_counted_before_and_after_the_first_forward():
     with torch.no_grad():
         q(torch.randn(4, 64))
     assert m.parameter_bytes(q) == expected
+
+
+# ---- CUDA: the rule for what a peak counts, checked against a stand-in for torch.cuda's statistics ----
+
+class FakeCudaAllocator:
+    """torch.cuda's memory statistics without a GPU: ``allocated`` bytes now, ``peak`` since the last reset."""
+
+    def __init__(self, monkeypatch, allocated: int):
+        self.allocated = self.peak = allocated
+        self.resets = 0
+        monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+        monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: self._reset())
+        monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: self.allocated)
+        monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: self.peak)
+
+    def _reset(self) -> None:
+        self.resets += 1
+        self.peak = self.allocated
+
+    def alloc(self, n: int) -> None:
+        self.allocated += n
+        self.peak = max(self.peak, self.allocated)
+
+    def free(self, n: int) -> None:
+        self.allocated -= n
+
+
+MODEL_BYTES, OTHER_MODEL = 1_000_000, 7_000_000
+
+
+@pytest.mark.parametrize("other", [0, OTHER_MODEL], ids=["alone on the GPU", "another model on the GPU"])
+def test_cuda_peak_is_the_baseline_plus_the_rise_whatever_else_is_on_the_device(monkeypatch, other):
+    gpu = FakeCudaAllocator(monkeypatch, allocated=MODEL_BYTES + other)
+
+    def step():
+        gpu.alloc(3000)  # activations
+        gpu.alloc(2000)  # a transient buffer: the peak is here, 5000 above the start
+        gpu.free(4000)
+
+    _, trace = m.trace_memory(step, "cuda", baseline=MODEL_BYTES)
+    assert gpu.resets == 1
+    assert trace.peak == MODEL_BYTES + 5000  # not MODEL_BYTES + other + 5000, as with memory_allocated() as baseline
+    assert trace.peak_above_baseline == 5000 and trace.baseline == MODEL_BYTES
+    assert trace.other_bytes == other
+    assert trace.source == "torch.cuda.max_memory_allocated"
+
+
+def test_cuda_without_a_baseline_reports_only_the_rise_as_on_the_cpu(monkeypatch):
+    gpu = FakeCudaAllocator(monkeypatch, allocated=OTHER_MODEL)
+    _, trace = m.trace_memory(lambda: gpu.alloc(1234), "cuda")
+    assert (trace.baseline, trace.peak, trace.other_bytes) == (0, 1234, OTHER_MODEL)
+    _, cpu = m.trace_memory(lambda: torch.ones(1000))
+    assert cpu.baseline == 0 and cpu.other_bytes is None  # the CPU keeps no account of what else is alive
+
+
+def test_cuda_baseline_larger_than_the_device_holds_warns(monkeypatch):
+    FakeCudaAllocator(monkeypatch, allocated=100)
+    with pytest.warns(UserWarning, match="part of what the baseline counts is elsewhere"):
+        _, trace = m.trace_memory(lambda: None, "cuda", baseline=1000)
+    assert trace.peak == 1000 and trace.other_bytes == -900
+
+
+def test_cuda_training_step_counts_the_model_not_the_other_models(monkeypatch):
+    """measure_training_step on a (fake) GPU: the breakdown and the peak do not move with other tensors."""
+    monkeypatch.setattr(m, "_model_device", lambda model: torch.device("cuda"))
+    weights, states, activations = 4 * n_params(), 8 * n_params() + 16, 4 * (B * D + B * H + B * D)
+    results = {}
+    for other in (0, OTHER_MODEL):
+        model, x = mlp(), torch.randn(B, D)
+        opt = torch.optim.AdamW(model.parameters())
+        # On the device when the measured step starts: the model's weights and AdamW states (from the
+        # warm-up step), the other model, the batch.
+        gpu = FakeCudaAllocator(monkeypatch, allocated=weights + states + other + 4 * x.numel())
+        calls = []
+
+        def forward(mod, b, gpu=gpu, calls=calls):
+            calls.append(1)
+            if len(calls) == 2:  # the measured step (the first call is the warm-up)
+                gpu.alloc(activations)
+                gpu.alloc(weights)  # the gradients: held at the end of the step, with everything else
+            return mod(b).pow(2).mean()
+
+        s = m.measure_training_step(model, x, opt, forward=forward, warmup_steps=1)
+        assert len(calls) == 2 and gpu.resets == 1
+        assert s.trace.baseline == weights + states == s.weights + s.optimizer_states
+        assert s.other_bytes == other + 4 * x.numel()  # the other model and the batch, reported apart
+        assert s.peak == s.weights + s.optimizer_states + activations + s.gradients
+        results[other] = (s.peak, s.breakdown())
+    assert results[0] == results[OTHER_MODEL]
+
+
+def test_cpu_training_step_reports_no_other_bytes():
+    s = m.measure_training_step(mlp(), torch.randn(B, D), forward=lambda mod, b: mod(b).pow(2).mean())
+    assert s.other_bytes is None

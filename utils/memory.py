@@ -7,13 +7,20 @@ Four kinds of number, each exact about what it counts:
 - **saved activations** (:func:`count_saved_tensors`): the bytes of the storages that autograd keeps
   for the backward pass, seen through ``torch.autograd.graph.saved_tensors_hooks``, deduplicated by
   storage, parameters excluded. This is what gradient checkpointing reduces.
-- **peak** (:func:`trace_memory`): the highest tensor memory held while a function runs. On CUDA, the
-  caching allocator's ``max_memory_allocated``. On the CPU, which keeps no such statistic, the
-  running sum of the allocation and free events that ``torch.profiler`` records with
-  ``profile_memory=True``, added to what was held before. Process RSS is *not* used: it counts the
+- **peak** (:func:`trace_memory`): the highest tensor memory held while a function runs, as
+  ``baseline`` (what the caller counts as held at the start: for a training step, the model's weights
+  and optimizer states) plus the highest rise above the start. On CUDA the rise is the caching
+  allocator's ``max_memory_allocated`` minus its ``memory_allocated`` at the start. On the CPU, which
+  keeps no such statistic, it is the running sum of the allocation and free events that
+  ``torch.profiler`` records with ``profile_memory=True``. Process RSS is *not* used: it counts the
   Python heap, libraries and pages the allocator keeps, and is not a measure of tensor memory.
 - **a training step** (:func:`measure_training_step`): the above, together, for one forward +
   backward (+ optimizer step).
+
+The same rule on both devices: a peak counts the measured model's weights, gradients, optimizer states,
+activations and the step's transient buffers, and nothing that other code left alive before the step
+(other models of earlier cells, the batch, the model's buffers). On CUDA the allocator sees those
+too: their bytes are reported apart, as ``other_bytes``, never added to the peak.
 """
 from __future__ import annotations
 
@@ -21,6 +28,7 @@ import gc
 import os
 import sys
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
@@ -145,10 +153,11 @@ class MemoryTrace:
     """Tensor memory over the course of a function call.
 
     ``times_ms`` and ``bytes`` give the held bytes after each allocation/free event (CPU: from the
-    profiler; CUDA: also from the profiler); ``baseline`` is what was held before the call;
-    ``peak`` is the highest bytes held during it (CUDA: the allocator's ``max_memory_allocated``);
-    ``phases`` maps a phase name to its (start_ms, end_ms) for phases marked with
-    ``torch.profiler.record_function("phase:NAME")``.
+    profiler; CUDA: also from the profiler); ``baseline`` is what the caller counts as held before the
+    call; ``peak`` is ``baseline`` plus the highest rise during it (CUDA: from the allocator's
+    ``max_memory_allocated``); ``phases`` maps a phase name to its (start_ms, end_ms) for phases marked
+    with ``torch.profiler.record_function("phase:NAME")``. ``other_bytes`` (CUDA only, else ``None``):
+    the bytes allocated on the device at the start beyond ``baseline``, left out of every number above.
     """
 
     baseline: int
@@ -157,6 +166,7 @@ class MemoryTrace:
     bytes: list[int]
     phases: dict[str, tuple[float, float]]
     source: str
+    other_bytes: int | None = None
 
     @property
     def peak_above_baseline(self) -> int:
@@ -167,22 +177,31 @@ def trace_memory(fn: Callable[[], Any], device: torch.device | str | None = None
                  baseline: int | None = None) -> tuple[Any, MemoryTrace]:
     """Run ``fn()`` and return ``(its result, MemoryTrace)``.
 
-    ``baseline``: the bytes already held when ``fn`` starts. On CUDA it is read from the allocator;
-    on the CPU pass it (e.g. ``parameter_bytes(model) + ...``), since nothing else knows it; default 0.
+    ``baseline``: the bytes that count as held when ``fn`` starts (e.g. ``parameter_bytes(model) +
+    optimizer_state_bytes(opt)``); default 0. The same on both devices: on CUDA the allocator also
+    holds whatever else is alive there (other models, inputs); that is reported as
+    ``MemoryTrace.other_bytes`` and not counted in the peak.
     """
     from torch.profiler import ProfilerActivity, profile
 
     device = torch.device(device or "cpu")
+    baseline = baseline or 0
     activities = [ProfilerActivity.CPU]
+    # A garbage collection inside fn() would free tensors whose allocation the trace never saw,
+    # lowering the measured peak at random: collect first (before the allocator is read), not during it.
+    gc.collect()
+    allocated_before, other = 0, None
     if device.type == "cuda":
-        activities.append(ProfilerActivity.CUDA)
+        if ProfilerActivity.CUDA in torch.profiler.supported_activities():
+            activities.append(ProfilerActivity.CUDA)
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-        baseline = torch.cuda.memory_allocated(device)
-    baseline = baseline or 0
-    # A garbage collection inside fn() would free tensors whose allocation the trace never saw,
-    # lowering the measured peak at random: collect first, and not during the trace.
-    gc.collect()
+        allocated_before = torch.cuda.memory_allocated(device)
+        other = allocated_before - baseline
+        if other < 0:
+            warnings.warn(f"trace_memory: baseline={baseline} bytes, but only {allocated_before} are allocated on "
+                          f"{device}: part of what the baseline counts is elsewhere (the CPU, another GPU). "
+                          "The peak still adds the step's rise to the baseline.", stacklevel=2)
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
@@ -209,10 +228,11 @@ def trace_memory(fn: Callable[[], Any], device: torch.device | str | None = None
         for e in events if e.name().startswith("phase:")
     }
     if device.type == "cuda":
-        peak, source = torch.cuda.max_memory_allocated(device), "torch.cuda.max_memory_allocated"
+        rise = torch.cuda.max_memory_allocated(device) - allocated_before
+        peak, source = baseline + rise, "torch.cuda.max_memory_allocated"
     else:
         peak, source = max(values), "torch.profiler memory events"
-    return result, MemoryTrace(baseline, peak, times, values, phases, source)
+    return result, MemoryTrace(baseline, peak, times, values, phases, source, other)
 
 
 @dataclass
@@ -227,6 +247,12 @@ class StepMemory:
     seconds: float
     trace: MemoryTrace = field(repr=False)
 
+    @property
+    def other_bytes(self) -> int | None:
+        """CUDA: bytes alive on the device before the step that are not the model's weights or optimizer
+        states (other models, the batch, buffers, allocator rounding), left out of ``peak``; CPU: ``None``."""
+        return self.trace.other_bytes
+
     def breakdown(self) -> dict[str, int]:
         """The four parts of training memory, for :func:`utils.plots.plot_memory_breakdown`."""
         return {"weights": self.weights, "gradients": self.gradients,
@@ -239,6 +265,11 @@ def _loss(output: Any) -> torch.Tensor:
         raise ValueError("The step's forward must return a scalar loss (or an output with .loss); "
                          "pass labels to a transformers model, or wrap the model with a loss function.")
     return loss
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter: where its step is measured."""
+    return next(model.parameters()).device
 
 
 def measure_training_step(
@@ -256,11 +287,14 @@ def measure_training_step(
     of an optimizer that has not stepped yet appear during the step, as they do in real training.
     ``warmup_steps`` unmeasured steps run first: with 1, AdamW already holds its states and the
     measured step is a steady-state one, like every later step of training.
+
+    ``peak`` is the model's weights and optimizer states held before the step plus the step's highest
+    rise: on CUDA as on the CPU, other tensors on the device are not in it (see ``other_bytes``).
     """
     if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
         raise ValueError(f"warmup_steps must be a non-negative integer, got {warmup_steps!r}.")
     forward = forward or (lambda m, b: m(**b) if isinstance(b, dict) else m(b))
-    device = next(model.parameters()).device
+    device = _model_device(model)
     for _ in range(warmup_steps):
         model.zero_grad(set_to_none=True)
         _loss(forward(model, batch)).backward()
