@@ -1,6 +1,8 @@
 """Plots in one consistent style: memory breakdowns, memory over a step, loss curves."""
 from __future__ import annotations
 
+import bisect
+
 from typing import Iterable, Mapping, Sequence
 
 import matplotlib.pyplot as plt
@@ -47,18 +49,23 @@ def plot_memory_breakdown(breakdowns: Mapping[str, Mapping[str, float]], ax: Axe
 
 def plot_memory_timeline(traces: MemoryTrace | Mapping[str, MemoryTrace], ax: Axes | None = None,
                          title: str = "Tensor memory during one training step") -> Axes:
-    """Held memory (MiB) against time (ms), with the phases of the first trace shaded."""
+    """Held memory (MiB) after each allocation or free, in event order, with the phases of the first trace shaded.
+
+    The x-axis counts the allocator's events, not time: the profiler that records them slows some
+    operations far more than others, so its clock would distort the picture of a step.
+    """
     ax = _axes(ax, (8, 4))
     if isinstance(traces, MemoryTrace):
         traces = {"": traces}
     for i, (label, tr) in enumerate(traces.items()):
-        ax.step(tr.times_ms, [b / MiB for b in tr.bytes], where="post", label=label or None, lw=1.5)
+        ax.step(range(len(tr.bytes)), [b / MiB for b in tr.bytes], where="post", label=label or None, lw=1.5)
         if i == 0:
             for name, (start, end) in tr.phases.items():
-                ax.axvspan(start, end, color=PHASE_COLORS.get(name, COLORS["other"]), alpha=0.12, lw=0)
-                ax.text((start + end) / 2, 1.0, name, transform=ax.get_xaxis_transform(),
+                first, last = bisect.bisect_left(tr.times_ms, start), bisect.bisect_right(tr.times_ms, end)
+                ax.axvspan(first, max(first, last - 1), color=PHASE_COLORS.get(name, COLORS["other"]), alpha=0.12, lw=0)
+                ax.text((first + last - 1) / 2, 1.0, name, transform=ax.get_xaxis_transform(),
                         ha="center", va="top", fontsize=9)
-    ax.set_xlabel("time (ms)")
+    ax.set_xlabel("allocation and free events, in order")
     ax.set_ylabel("MiB held")
     ax.set_title(title)
     if any(traces):
