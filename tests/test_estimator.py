@@ -115,6 +115,8 @@ OPTION_TOLERANCE = 0.01  # the new options' bar on the CPU: peak and saved activ
     ("2-layer GQA, tied", dict(method="full", offload_activations=True)),
     ("4-layer MHA, untied", dict(method="lora", offload_activations=True, checkpointing=True)),
     ("2-layer GQA, tied", dict(method="lora", optimizer="adamw8bit", lora_r=64, lora_targets="all-linear")),
+    ("4-layer MHA, untied", dict(method="full", precision="bf16", optimizer="adamw8bit")),
+    ("2-layer GQA, tied", dict(method="full", precision="bf16", optimizer="paged_adamw")),
 ], ids=lambda v: v if isinstance(v, str) else "-".join(f"{k}={w}" for k, w in v.items()))
 def test_recipe_options_match_measurement_on_cpu(shape_name, fields):
     """Each option predicted against the harness's measurement; offloading: the bytes trl's rules would move."""
