@@ -78,7 +78,7 @@ def pip_runs(tmp_path: Path) -> int:
 def test_the_cell_is_short_and_plain_python():
     source = CELL.read_text()
     compile(source, str(CELL), "exec")
-    assert len(source.splitlines()) <= 35, "the bootstrap cell is read by every learner: keep it short"
+    assert len(source.splitlines()) <= 32, "the bootstrap cell is read by every learner: keep it short"
 
 
 def test_colab_clones_once_and_survives_a_rerun_and_a_restart(tmp_path):

@@ -102,13 +102,13 @@ def test_torch_is_a_lower_bound_that_every_pinned_library_accepts():
     assert "torch" in requirements(), "requirements.txt must list torch, as a lower bound (torch>=...)"
     torch_req = requirements()["torch"]
     operators = {s.operator for s in torch_req.specifier}
-    assert operators == {">="}, f"torch must be a lower bound only (pip keeps Colab's and course.sh's torch): {torch_req}"
+    assert operators == {">="}, f"torch must be a lower bound only, so that pip keeps the installed torch: {torch_req}"
     bound = Version(next(iter(torch_req.specifier)).version)
     minimums = {lib: torch_minimum(lib) for lib in PINNED_LIBRARIES}
     assert any(minimums.values()), minimums
     highest = max(v for v in minimums.values() if v)
     assert bound >= highest, f"torch>={bound} lets in a torch that {minimums} refuse"
-    assert bound == highest, f"torch>={bound} is stricter than the libraries need ({highest}): Colab's torch may not pass"
+    assert bound == highest, f"torch>={bound} is stricter than the libraries ({highest}): Colab's torch may not pass"
     assert torch_req.specifier.contains(metadata.version("torch"), prereleases=True)  # course.sh's torch stays
 
 
