@@ -200,8 +200,9 @@ def trace_memory(fn: Callable[[], Any], device: torch.device | str | None = None
         other = allocated_before - baseline
         if other < 0:
             warnings.warn(f"trace_memory: baseline={baseline} bytes, but only {allocated_before} are allocated on "
-                          f"{device}: part of what the baseline counts is elsewhere (the CPU, another GPU). "
-                          "The peak still adds the step's rise to the baseline.", stacklevel=2)
+                          f"{device}: part of what the baseline counts is elsewhere (the CPU, another GPU, or "
+                          "CUDA unified memory, where paged optimizers keep large states). The peak is still "
+                          "the baseline plus the allocator's rise during the step.", stacklevel=2)
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
