@@ -80,9 +80,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="the models to check (default: both; a dry run runs notebooks on the bundled one only)")
     p.add_argument("--timeout", type=float, default=300,
                    help="seconds one notebook may run before it counts as failed (default: %(default)s)")
-    p.add_argument("--max-seconds", type=float, default=450,
-                   help="start no notebook after this many seconds of the whole run; later ones are recorded "
-                        "as skipped (default: %(default)s)")
+    p.add_argument("--max-seconds", type=float, default=420,
+                   help="the whole run's time: a notebook still running then is stopped (failed), one not yet "
+                        "started is recorded as skipped (default: %(default)s)")
     p.add_argument("--jobs", type=int, default=None,
                    help="notebooks executed at once (default: 4 on CUDA, 1 in a dry run)")
     p.add_argument("--batch-size", type=int, default=None, help="measured batch (default: 8 on CUDA, 2 in a dry run)")
@@ -319,7 +319,9 @@ def cell_seconds(cell) -> float | None:
     return (end - start).total_seconds()
 
 
-async def run_notebook(notebook: Path, model_key: str, model_path: str, args, env: dict) -> dict[str, Any]:
+async def run_notebook(notebook: Path, model_key: str, model_path: str, args, env: dict,
+                       limit: float) -> dict[str, Any]:
+    """Execute a copy of ``notebook`` with ``COURSE_MODEL=model_path``, stopping it after ``limit`` seconds."""
     import nbformat
     from nbclient import NotebookClient
 
@@ -335,15 +337,18 @@ async def run_notebook(notebook: Path, model_key: str, model_path: str, args, en
                                 resources={"metadata": {"path": str(path.parent)}})
         start = time.monotonic()
         try:
-            await asyncio.wait_for(client.async_execute(env=dict(env, COURSE_MODEL=model_path)), args.timeout)
+            await asyncio.wait_for(client.async_execute(env=dict(env, COURSE_MODEL=model_path)), limit)
             result["passed"] = True
-        except asyncio.TimeoutError:
-            result["error"] = f"TimeoutError: the notebook ran past --timeout {args.timeout:g} s"
-        except Exception as e:  # CellExecutionError, CellTimeoutError, DeadKernelError ...
+        except Exception as e:  # CellExecutionError, CellTimeoutError, DeadKernelError, asyncio.TimeoutError ...
             result["error"] = first_lines(f"{type(e).__name__}: {getattr(e, 'ename', '')} {getattr(e, 'evalue', '')}\n{e}")
+            if time.monotonic() - start >= limit:  # stopping a kernel mid-cell can surface as DeadKernelError
+                which = f"--timeout {args.timeout:g} s" if limit == args.timeout else f"--max-seconds {args.max_seconds:g}"
+                result["error"] = f"TimeoutError: stopped at {limit:.0f} s ({which})\n{result['error']}"
         result["seconds"] = round(time.monotonic() - start, 2)
         for i, cell in enumerate(nb.cells[:user_cells]):
-            if any(o.get("output_type") == "error" for o in cell.get("outputs", [])):
+            timing = cell.get("metadata", {}).get("execution", {})
+            stopped = "iopub.execute_input" in timing and "shell.execute_reply" not in timing  # still running
+            if any(o.get("output_type") == "error" for o in cell.get("outputs", [])) or (stopped and not result["passed"]):
                 result["failed_cell"] = {"index": i, "source": first_lines(cell.source, 3)}
         for out in nb.cells[-1].get("outputs", []):
             text = out.get("text", "")
@@ -367,14 +372,15 @@ async def run_notebooks(jobs: list[tuple[Path, str, str]], args, env: dict, doc:
 
     async def one(notebook: Path, key: str, path: str) -> None:
         async with limit:
-            if time.monotonic() - t0 > args.max_seconds:
+            remaining = args.max_seconds - (time.monotonic() - t0)
+            if remaining < 10:
                 result = {"notebook": notebook.stem, "model": key, "passed": None, "seconds": None,
-                          "error": f"skipped: the run had passed --max-seconds {args.max_seconds:g}",
+                          "error": f"skipped: less than 10 s left of --max-seconds {args.max_seconds:g}",
                           "failed_cell": None, "cuda_max_memory_allocated": None,
                           "cuda_max_memory_reserved": None, "slowest_cells": []}
             else:
                 print(f"gpu_check: executing {notebook.stem} on {key}", flush=True)
-                result = await run_notebook(notebook, key, path, args, env)
+                result = await run_notebook(notebook, key, path, args, env, min(args.timeout, remaining))
                 print(f"gpu_check: {notebook.stem} on {key}: {'passed' if result['passed'] else 'FAILED'} "
                       f"in {result['seconds']} s", flush=True)
             doc["notebooks"].append(result)
