@@ -1,0 +1,149 @@
+"""utils.sharding: per-rank arithmetic by ZeRO stage, local-shard byte counts, and launching ranks with torchrun."""
+import textwrap
+
+import pytest
+import torch
+from torch import nn
+
+from utils import Recipe, estimate, unique_bytes
+from utils import sharding
+from utils.estimator import ModelShape, common_shapes
+
+SMALL = ModelShape(layers=4, hidden=64, intermediate=160, heads=4, kv_heads=2, vocab=128, tied_embeddings=True)
+
+
+def test_per_rank_static_divides_by_stage():
+    w, g, s = 100, 100, 200
+    assert sharding.per_rank_static(w, g, s, 4, 0) == {"weights": 100, "gradients": 100, "optimizer states": 200}
+    assert sharding.per_rank_static(w, g, s, 4, 1) == {"weights": 100, "gradients": 100, "optimizer states": 50}
+    assert sharding.per_rank_static(w, g, s, 4, 2) == {"weights": 100, "gradients": 25, "optimizer states": 50}
+    assert sharding.per_rank_static(w, g, s, 4, 3) == {"weights": 25, "gradients": 25, "optimizer states": 50}
+
+
+@pytest.mark.parametrize("world, stage", [(0, 3), (2.0, 3), (True, 3), (2, 4), (2, -1)])
+def test_bad_world_or_stage_is_refused(world, stage):
+    with pytest.raises(ValueError, match="world|stage"):
+        sharding.per_rank_static(1, 1, 1, world, stage)
+
+
+def test_one_gpu_without_sharding_is_the_estimate():
+    recipe = Recipe(method="full", precision="fp32", seq_len=32, device="cpu")
+    one = estimate(SMALL, recipe)
+    for stage in (0, 3):
+        est = sharding.sharded_estimate(SMALL, recipe, world=1, stage=stage)
+        assert est.gathered == 0
+        assert est.per_gpu == one.total
+
+
+def test_stage_3_gathers_two_layers_and_the_root():
+    recipe = Recipe(method="full", precision="fp32", seq_len=32, device="cpu")
+    h, i, q, kv = SMALL.hidden, SMALL.intermediate, SMALL.heads * SMALL.d, SMALL.kv_heads * SMALL.d
+    layer = 4 * (2 * h * q + 2 * h * kv + 3 * h * i + 2 * h)  # seven fp32 matrices and two norms
+    root = 4 * (SMALL.vocab * h + h)  # tied embedding and the final norm
+    est = sharding.sharded_estimate(SMALL, recipe, world=2, stage=3)
+    assert est.gathered == 2 * layer + root
+    one = estimate(SMALL, recipe)
+    assert est.weights == one.peak_parts["weights"] / 2
+
+
+def test_offload_moves_the_shards_to_cpu_ram():
+    shape = common_shapes()["Llama-2-70B"]
+    recipe = Recipe(method="qlora", precision="mixed", lora_r=8, lora_targets="all-linear", optimizer="adamw_fused",
+                    checkpointing=True, batch_size=2, seq_len=2048, device="cuda")
+    kept = sharding.sharded_estimate(shape, recipe, world=2, stage=3)
+    offloaded = sharding.sharded_estimate(shape, recipe, world=2, stage=3, offload=True)
+    shards = kept.weights + kept.gradients + kept.optimizer_states
+    assert kept.per_gpu - offloaded.per_gpu == pytest.approx(shards)
+    assert offloaded.cpu_ram == pytest.approx(2 * shards)
+    per_world = [sharding.sharded_estimate(shape, recipe, world=w, stage=3).per_gpu for w in (2, 4, 8)]
+    assert per_world == sorted(per_world, reverse=True)
+    with pytest.raises(ValueError, match="stage=3"):
+        sharding.sharded_estimate(shape, recipe, world=2, stage=2, offload=True)
+
+
+def test_with_layers_reads_mappings_and_transformers_configs():
+    from transformers import LlamaConfig
+
+    cfg = LlamaConfig(num_hidden_layers=3, hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=100)
+    assert sharding._with_layers(cfg, 2).num_hidden_layers == 2 and cfg.num_hidden_layers == 3
+    assert sharding._with_layers({"num_hidden_layers": 3}, 2) == {"num_hidden_layers": 2}
+    assert sharding._with_layers(SMALL, 1).layers == 1
+    with pytest.raises(TypeError):
+        sharding._with_layers(object(), 1)
+
+
+def test_local_bytes_of_plain_tensors_and_models():
+    model = nn.Sequential(nn.Linear(8, 4), nn.Linear(4, 2))
+    assert sharding.local_parameter_bytes(model) == unique_bytes(model.parameters()) == 4 * (8 * 4 + 4 + 4 * 2 + 2)
+    model[0].weight.requires_grad_(False)
+    assert sharding.local_parameter_bytes(model, trainable_only=True) == 4 * (4 + 4 * 2 + 2)
+    assert sharding.local_gradient_bytes(model) == 0
+    assert sharding.quant_constant_bytes(model) == 0
+
+
+RANK_SCRIPT = """
+import sys
+from datetime import timedelta
+import torch, torch.distributed as dist
+from torch.distributed.elastic.multiprocessing.errors import record
+from torch.distributed.fsdp import fully_shard
+
+@record
+def main():
+    sys.path.insert(0, {root!r})
+    from utils import sharding
+    dist.init_process_group("gloo", timeout=timedelta(seconds=30))
+    if dist.get_rank() == {fail!r}:
+        raise ValueError("deliberate failure on this rank")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.Linear(32, 8))
+    full = sharding.local_parameter_bytes(model)
+    for layer in model:
+        fully_shard(layer)
+    fully_shard(model)
+    model(torch.randn(4, 16)).sum().backward()
+    print(f"RANK {{dist.get_rank()}} {{full}} {{sharding.local_parameter_bytes(model)}} {{sharding.local_gradient_bytes(model)}}")
+    dist.destroy_process_group()
+
+main()
+"""
+
+
+def _script(tmp_path, fail=None):
+    from utils.loading import REPO
+
+    path = tmp_path / "rank.py"
+    path.write_text(RANK_SCRIPT.format(root=str(REPO), fail=fail))
+    return path
+
+
+def test_torchrun_shards_a_model_over_two_ranks(tmp_path):
+    out = sharding.torchrun(_script(tmp_path), 2, timeout=240)
+    lines = sorted(line.split() for line in out.splitlines() if line.startswith("RANK "))
+    assert [line[1] for line in lines] == ["0", "1"]
+    for _, _, full, local, grads in lines:
+        assert int(local) == int(full) // 2 == int(grads)  # every dimension here divides by 2
+
+
+def test_torchrun_reports_the_failing_rank(tmp_path):
+    script = _script(tmp_path, fail=1)
+    with pytest.raises(sharding.RankFailure, match="deliberate failure on this rank") as err:
+        sharding.torchrun(script, 2, timeout=240)
+    assert "rank      : 1" in str(err.value)
+    assert sharding.leftover_processes(str(script)) == []
+
+
+def test_torchrun_kills_a_launch_past_its_timeout(tmp_path):
+    script = tmp_path / "hang.py"
+    script.write_text("import time\nprint('started', flush=True)\ntime.sleep(600)\n")
+    with pytest.raises(sharding.RankFailure, match="did not finish within 20 s"):
+        sharding.torchrun(script, 1, timeout=20)
+    assert sharding.leftover_processes(str(script)) == []
+
+
+def test_torchrun_refuses_bad_input(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        sharding.torchrun(tmp_path / "missing.py", 2)
+    with pytest.raises(ValueError):
+        sharding.torchrun(_script(tmp_path), 0)
