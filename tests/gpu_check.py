@@ -14,7 +14,8 @@ stopped at its time limit still leaves its results):
    fp32 base, QLoRA (NF4 + double quantization) and QLoRA with gradient checkpointing, the set-ups of
    notebook 06. For each: the step's weights, gradients, optimizer states, activations and peak as
    ``utils`` reports them, the allocator's own ``torch.cuda.max_memory_allocated`` over the warm-up and
-   measured step (reset after loading), what was allocated before loading (other models left on the
+   measured step (reset after loading), what was allocated before loading and what utils counted as not
+   the measured model's (``MemoryTrace.other_bytes``: other models left on the
    device), the median time of unprofiled steps and the loss (it must be finite).
 4. Every notebook (``notebooks/NN_*.ipynb``) executed with nbclient on each model (``COURSE_MODEL`` set
    for the kernel), each in a copy folder of its own, so that committed notebooks and their
@@ -289,6 +290,7 @@ def measure(kind: str, name: str, batch: dict, device, dtype, timed_steps: int) 
         "held_before_step": step.trace.baseline, "profiled_step_seconds": step.seconds,
         "step_seconds": seconds, "tokens_per_second": batch["input_ids"].numel() / seconds, "loss": loss,
         "cuda_memory_allocated_before_load": before_load, "cuda_max_memory_allocated": allocator_peak,
+        "cuda_other_bytes": getattr(step.trace, "other_bytes", None),  # on the device, not the measured model's
         "cuda_memory_allocated_after_free": torch.cuda.memory_allocated(device) if cuda else None,
     }
     if loss != loss or loss in (float("inf"), float("-inf")):

@@ -27,7 +27,7 @@ NOTEBOOK_KEYS = {"notebook", "model", "passed", "seconds", "error", "failed_cell
 MEASUREMENT_KEYS = {"model", "setup", "passed", "error", "batch", "seconds", "trainable_parameters", "weights",
                     "gradients", "optimizer_states", "activations", "peak", "peak_source", "held_before_step",
                     "profiled_step_seconds", "step_seconds", "tokens_per_second", "loss",
-                    "cuda_memory_allocated_before_load", "cuda_max_memory_allocated",
+                    "cuda_memory_allocated_before_load", "cuda_max_memory_allocated", "cuda_other_bytes",
                     "cuda_memory_allocated_after_free"}
 
 
@@ -92,6 +92,7 @@ def test_dry_run_measures_four_setups_on_each_model(dry_run):
         assert m["step_seconds"] > 0 and m["profiled_step_seconds"] > 0 and math.isfinite(m["loss"])
         assert m["tokens_per_second"] == pytest.approx(64 / m["step_seconds"])
         assert m["cuda_max_memory_allocated"] is None and m["cuda_memory_allocated_before_load"] is None
+        assert m["cuda_other_bytes"] is None
     for key in ("bundled", "llama-tiny"):
         full, lora, qlora, ckpt = (rows[key, s] for s in SETUPS)
         n = doc["models"][key]["parameters"]
