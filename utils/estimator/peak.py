@@ -19,6 +19,10 @@ from .static import (Param, gradient_bytes, optimizer_state_bytes, optimizer_tem
 # checkpointed layer (preserve_rng_state=True); on CUDA that stash lives in host memory.
 CPU_RNG_STATE_BYTES = 5056
 POSITION_ID_BYTES = 8  # int64 position ids, one per position, kept for the recomputation
+MUL_BACKWARD_BUFFERS = 3  # the MLP product's backward: its incoming gradient and the two it makes (silu, up)
+# A tied, trainable embedding's backward (measured on the CPU): its dense gradient and that gradient's sum with
+# the output head's, each vocabulary x hidden in the parameter's dtype.
+EMBEDDING_BACKWARD_BUFFERS = 2
 CUDA_OVERHEAD_BYTES = 1 * GiB  # stated assumption (not measured here): CUDA context, kernels, fragmentation
 
 
@@ -123,7 +127,7 @@ def peak_moments(shape: ModelShape, recipe: Recipe, params: list[Param] | None =
             # two it makes. Both on top of the incoming residual gradient.
             lora_down = recipe.uses_adapters and "down_proj" in recipe.lora_targets
             down = (mlp if lora_down else layer.down_only) + (w_deq if recipe.method == "qlora" else 0) + mlp
-            transient = layer.output.nbytes + max(down, 3 * mlp) + (fresh if later else 0)
+            transient = layer.output.nbytes + max(down, MUL_BACKWARD_BUFFERS * mlp) + (fresh if later else 0)
             if offloading:  # the layers below stay on the host; this one is back
                 acts = resident + rope + here - layer.down_only
             else:
@@ -135,7 +139,8 @@ def peak_moments(shape: ModelShape, recipe: Recipe, params: list[Param] | None =
     if recipe.accumulation_steps > 1:
         moments.update(backward_moments(later=True))
     if recipe.method == "full" and shape.tied_embeddings:
-        moments["embedding backward"] = _moment(W, S, G, 0, 2 * shape.vocab * shape.hidden * params[0].itemsize)
+        moments["embedding backward"] = _moment(
+            W, S, G, 0, EMBEDDING_BACKWARD_BUFFERS * shape.vocab * shape.hidden * params[0].itemsize)
     moments["optimizer step"] = _moment(W, S, G, 0, optimizer_temporary_bytes(params, recipe.optimizer, recipe.device))
     return moments
 
