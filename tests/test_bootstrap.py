@@ -152,7 +152,6 @@ def test_locally_it_only_makes_utils_importable(cwd):
     assert Path(final_cwd) == directory, "locally the cell must not change the working directory"
 
 
-@pytest.mark.xfail(strict=False, reason="until every notebook's cell 2 is replaced by tests/bootstrap_cell.py")
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_every_notebook_has_this_bootstrap_cell(path):
     cells = nbformat.read(path, as_version=4).cells
