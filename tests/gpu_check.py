@@ -207,7 +207,6 @@ def setup_model(kind: str, name: str, device, dtype):
     """One of notebook 06's four set-ups, in train mode."""
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import BitsAndBytesConfig
 
     import utils
 
@@ -222,9 +221,7 @@ def setup_model(kind: str, name: str, device, dtype):
         model = get_peft_model(utils.load_model(name, dtype=torch.float32, device=device)[0], lora())
     else:
         half = dtype if dtype != torch.float32 else torch.float16
-        bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                 bnb_4bit_compute_dtype=dtype)
-        base = utils.load_model(name, quantization_config=bnb, dtype=half, device=device)[0]
+        base = utils.load_model(name, quantization_config=utils.nf4_config(dtype), dtype=half, device=device)[0]
         base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=kind.endswith("checkpointing"),
                                                gradient_checkpointing_kwargs={"use_reentrant": False})
         model = get_peft_model(base, lora())

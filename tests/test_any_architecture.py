@@ -1,10 +1,15 @@
-"""Every notebook runs top to bottom on another architecture than the bundled Llama.
+"""Every notebook runs top to bottom on other architectures than the bundled Llama.
 
-A tiny random-weight GPT-Neo (the architecture of ``EleutherAI/gpt-neo-125m``, which the README suggests on
-Colab) is built from its config with the bundled tokenizer, and each notebook is executed with
-``COURSE_MODEL`` pointing at it. Outputs are not compared (the numbers are another model's); every cell must
-run and every structural ``assert`` must hold, so a cell written for one architecture fails here.
+Tiny random-weight models are built from their configs with the bundled tokenizer, and each notebook is
+executed with ``COURSE_MODEL`` pointing at one. Outputs are not compared (the numbers are another model's);
+every cell must run and every structural ``assert`` must hold, so a cell written for one architecture fails here.
+
+- ``gpt-neo`` (the architecture of ``EleutherAI/gpt-neo-125m``, which the README suggests on Colab) runs by
+  default, in CI.
+- ``gpt2`` (``Conv1D`` layers that store the transposed weight) and ``opt`` (a projection around the
+  embeddings, ReLU MLP) run when named: ``COURSE_ARCHITECTURES=gpt-neo,gpt2,opt bash course.sh test -k any_architecture``.
 """
+import os
 from pathlib import Path
 
 import nbformat
@@ -13,28 +18,43 @@ import torch
 from nbclient import NotebookClient
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+ARCHITECTURES = ("gpt-neo", "gpt2", "opt")
+CHOSEN = [a.strip() for a in os.environ.get("COURSE_ARCHITECTURES", "gpt-neo").split(",") if a.strip()]
+if unknown := set(CHOSEN) - set(ARCHITECTURES):
+    raise ValueError(f"COURSE_ARCHITECTURES names {sorted(unknown)}: choose from {', '.join(ARCHITECTURES)}")
 
 
-@pytest.fixture(scope="module")
-def gpt_neo_dir(tmp_path_factory) -> Path:
-    """A 4-block GPT-Neo (global and local attention, biases, hidden 256), random weights, bundled tokenizer."""
-    from transformers import AutoTokenizer, GPTNeoConfig, GPTNeoForCausalLM
+def _config(arch: str, tok):
+    """A 4-block model of ``arch``, hidden 256, 4 heads, 256 positions, the bundled tokenizer's vocabulary."""
+    from transformers import GPT2Config, GPTNeoConfig, OPTConfig
+
+    ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    if arch == "gpt-neo":  # global and local attention, biases
+        return GPTNeoConfig(vocab_size=len(tok), hidden_size=256, num_layers=4, num_heads=4, window_size=64,
+                            attention_types=[[["global", "local"], 2]], max_position_embeddings=256, **ids)
+    if arch == "gpt2":
+        return GPT2Config(vocab_size=len(tok), n_embd=256, n_layer=4, n_head=4, n_positions=256, **ids)
+    return OPTConfig(vocab_size=len(tok), hidden_size=256, num_hidden_layers=4, num_attention_heads=4, ffn_dim=1024,
+                     max_position_embeddings=256, word_embed_proj_dim=128, **ids)  # 128: OPT-350m's projection
+
+
+@pytest.fixture(scope="module", params=CHOSEN)
+def model_dir(request, tmp_path_factory) -> Path:
+    """A random-weight folder of one architecture, saved with the bundled tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from utils.loading import BUNDLED_MODEL
 
     tok = AutoTokenizer.from_pretrained(BUNDLED_MODEL)
     torch.manual_seed(0)
-    config = GPTNeoConfig(vocab_size=len(tok), hidden_size=256, num_layers=4, num_heads=4, window_size=64,
-                          attention_types=[[["global", "local"], 2]], max_position_embeddings=256,
-                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    path = tmp_path_factory.mktemp("gpt-neo")
-    GPTNeoForCausalLM(config).save_pretrained(path)
+    path = tmp_path_factory.mktemp(request.param)
+    AutoModelForCausalLM.from_config(_config(request.param, tok)).save_pretrained(path)
     tok.save_pretrained(path)
     return path
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs_on_gpt_neo(path, gpt_neo_dir, monkeypatch):
-    monkeypatch.setenv("COURSE_MODEL", str(gpt_neo_dir))  # the kernel inherits it
+def test_notebook_runs_on_another_architecture(path, model_dir, monkeypatch):
+    monkeypatch.setenv("COURSE_MODEL", str(model_dir))  # the kernel inherits it
     nb = nbformat.read(path, as_version=4)
     NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()

@@ -45,13 +45,9 @@ def one_thread():
 
 def bundled_model(recipe: E.Recipe):
     """The bundled model with its trained weights, quantized to NF4 for QLoRA, prepared as ``recipe`` says."""
-    from transformers import BitsAndBytesConfig
-
     quant = None
     if recipe.method == "qlora":
-        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                   bnb_4bit_use_double_quant=recipe.double_quant,
-                                   bnb_4bit_compute_dtype=torch.float32)
+        quant = utils.nf4_config(torch.float32, double_quant=recipe.double_quant)
     model, _ = utils.load_model(quantization_config=quant, device="cpu")
     return E.prepare_for_training(model, recipe)
 

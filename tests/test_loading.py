@@ -43,8 +43,24 @@ def test_4bit_quantization_config(tiny_model_dir):
 
     cfg = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                              bnb_4bit_compute_dtype=torch.float32)
-    model, _ = loading.load_model(tiny_model_dir, quantization_config=cfg)
-    assert isinstance(model.model.layers[0].mlp.down_proj, bnb.nn.Linear4bit)
+    assert loading.nf4_config(torch.float32).to_dict() == cfg.to_dict()  # QLoRA's set-up, written out once
+    model, _ = loading.load_model(tiny_model_dir, quantization_config=loading.nf4_config("fp32"))
+    down = model.model.layers[0].mlp.down_proj
+    assert isinstance(down, bnb.nn.Linear4bit) and down.weight.dtype == torch.uint8
+    assert down.weight.quant_state.quant_type == "nf4" and down.weight.quant_state.nested  # double quantization
+
+
+def test_nf4_config_options(tiny_model_dir):
+    import bitsandbytes as bnb
+
+    cfg = loading.nf4_config(torch.bfloat16, double_quant=False, storage=torch.float32)
+    assert cfg.bnb_4bit_compute_dtype == torch.bfloat16 and not cfg.bnb_4bit_use_double_quant
+    model, _ = loading.load_model(tiny_model_dir, quantization_config=loading.nf4_config(double_quant=False, storage=torch.float32))
+    down = model.model.layers[0].mlp.down_proj
+    assert isinstance(down, bnb.nn.Linear4bit) and down.weight.dtype == torch.float32  # packed values in fp32 words
+    assert not down.weight.quant_state.nested
+    with pytest.raises(ValueError, match="Unknown dtype name"):
+        loading.nf4_config("fp33")
 
 
 def test_4bit_layers_stay_trainable_after_a_cpu_evaluation(tiny_model_dir):

@@ -33,11 +33,12 @@ def data(vocab_size: int) -> list[dict[str, torch.Tensor]]:
 
 def qlora_model(path):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM
+
+    from utils import nf4_config
 
     torch.manual_seed(0)
-    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                               bnb_4bit_compute_dtype=torch.float32)
+    quant = nf4_config(torch.float32)
     model = AutoModelForCausalLM.from_pretrained(path, quantization_config=quant, dtype=torch.float16)
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     # r=64: adapter matrices of >= 4096 elements, so that the 8-bit optimizer keeps 8-bit states for them

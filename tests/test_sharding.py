@@ -128,12 +128,50 @@ def test_torchrun_shards_a_model_over_two_ranks(tmp_path):
         assert int(local) == int(full) // 2 == int(grads)  # every dimension here divides by 2
 
 
-def test_torchrun_reports_the_failing_rank(tmp_path):
+def test_torchrun_reports_the_failing_rank(tmp_path, capsys):
     script = _script(tmp_path, fail=1)
     with pytest.raises(sharding.RankFailure, match="deliberate failure on this rank") as err:
         sharding.torchrun(script, 2, timeout=240)
     assert "rank      : 1" in str(err.value)
+    # a Python exception is the script's own error: raised at once, never relaunched
+    assert not isinstance(err.value, sharding.RankKilled) and "launching again" not in capsys.readouterr().err
     assert sharding.leftover_processes(str(script)) == []
+
+
+ABORT_SCRIPT = """import os, sys
+from pathlib import Path
+marker = Path({marker!r})
+if os.environ["LOCAL_RANK"] == "1" and ({every_time!r} or not marker.exists()):
+    marker.touch()
+    print("rank 1: the last words before the abort", file=sys.stderr, flush=True)
+    os.abort()
+print("rank", os.environ["LOCAL_RANK"], "finished", flush=True)
+"""
+
+
+def test_torchrun_relaunches_once_and_shows_what_a_rank_killed_by_a_signal_wrote(tmp_path, capsys):
+    # A C++ abort (gloo's communication threads, say) leaves no Python traceback: torchrun reports only
+    # "Signal 6 (SIGABRT)", so the rank's own last lines must come with the error, after one relaunch.
+    script = tmp_path / "abort.py"
+    script.write_text(ABORT_SCRIPT.format(marker=str(tmp_path / "aborted"), every_time=True))
+    with pytest.raises(sharding.RankKilled) as err:
+        sharding.torchrun(script, 2, timeout=120)
+    message = str(err.value)
+    assert "SIGABRT" in message and "local_rank: 1" in message
+    assert "--- its stderr (last lines) ---\nrank 1: the last words before the abort" in message
+    assert capsys.readouterr().err.count("abort.py on 2 ranks: rank 1 was killed by SIGABRT; launching again (1 of 1)") == 1
+    assert sharding.leftover_processes(str(script)) == []
+
+
+def test_torchrun_relaunch_recovers_from_one_killed_rank(tmp_path, capsys):
+    script = tmp_path / "abort_once.py"
+    script.write_text(ABORT_SCRIPT.format(marker=str(tmp_path / "aborted"), every_time=False))
+    out = sharding.torchrun(script, 2, timeout=120)
+    assert "rank 0 finished" in out and "rank 1 finished" in out
+    assert "rank 1 was killed by SIGABRT; launching again (1 of 1)" in capsys.readouterr().err
+    with pytest.raises(sharding.RankKilled):  # no relaunch asked for: the first abort raises
+        (tmp_path / "aborted").unlink()
+        sharding.torchrun(script, 2, timeout=120, relaunch_on_signal=0)
 
 
 def test_torchrun_kills_a_launch_past_its_timeout(tmp_path):

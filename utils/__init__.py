@@ -4,9 +4,9 @@ The lessons themselves live in the notebooks; this package only keeps what sever
 """
 from .device import compute_dtype, dtype_from_name, get_device, mixed_precision_flags, supports_bf16
 from .env import check_environment, quiet, seed_everything
-from .exercises import check_answer
+from .exercises import check_answer, check_function
 from .layers import decoder_layers, linear_layers, linear_shape, weight_matrix
-from .loading import BUNDLED_MODEL, load_model, load_task_dataset, heldout_text, model_name
+from .loading import BUNDLED_MODEL, heldout_text, load_model, load_task_dataset, model_name, nf4_config
 from .memory import (
     MiB,
     MemoryTrace,
@@ -25,10 +25,10 @@ from .plots import plot_loss, plot_memory_breakdown, plot_memory_timeline
 from .task import exact_match, generate, perplexity, score
 
 __all__ = [
-    "BUNDLED_MODEL", "MiB", "MemoryTrace", "StepMemory", "check_answer", "check_environment", "compute_dtype",
+    "BUNDLED_MODEL", "MiB", "MemoryTrace", "StepMemory", "check_answer", "check_environment", "check_function", "compute_dtype",
     "count_saved_tensors", "decoder_layers", "dtype_from_name", "exact_match", "format_bytes", "generate", "get_device",
     "gradient_bytes", "heldout_text", "linear_layers", "linear_shape", "load_model", "load_task_dataset", "measure_training_step",
-    "mixed_precision_flags", "model_name", "optimizer_state_bytes", "parameter_bytes", "perplexity", "plot_loss",
+    "mixed_precision_flags", "model_name", "nf4_config", "optimizer_state_bytes", "parameter_bytes", "perplexity", "plot_loss",
     "plot_memory_breakdown", "plot_memory_timeline", "quiet", "score", "seed_everything",
     "supports_bf16", "tensor_bytes", "trace_memory", "unique_bytes", "weight_matrix",
 ]

@@ -2,11 +2,13 @@
 
 The learner's cell holds ``answer = ...`` (Python's Ellipsis) until they fill it in; the check cell
 computes the reference itself (measured or derived in the notebook) and calls :func:`check_answer`.
+An exercise that asks for a function gives its signature with the body ``...``; the check cell calls
+:func:`check_function` with a check against the library or a measurement.
 """
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 
 def _equal(answer: Any, expected: Any, rel_tol: float) -> bool:
@@ -39,4 +41,29 @@ def check_answer(name: str, answer: Any, expected: Any, rel_tol: float = 1e-3) -
         return
     if not _equal(answer, expected, rel_tol):
         raise AssertionError(f"{name}: {answer!r} is not right yet; look again at the hint and try once more")
+    print(f"{name}: correct")
+
+
+def check_function(name: str, fn: Callable[..., Any], check: Callable[[Callable[..., Any]], None],
+                   probe: tuple = (), solution: Callable[..., Any] | None = None) -> None:
+    """Check a function the learner writes, whose body is ``...`` until they fill it in.
+
+    - ``check(f)`` raises ``AssertionError`` when ``f`` gives a wrong result: it compares ``f`` with the
+      library or a measurement, never with a printed answer.
+    - ``solution``, the notebook's reference solution, is checked first with the same ``check``, so that
+      a check that no longer holds fails here, on the maintainer's machine, not on the learner's answer.
+    - ``fn(*probe) is None`` (the body is still ``...``): prints how to answer, so that a notebook with
+      unanswered exercises still runs top to bottom.
+    - a right function: prints ``"<name>: correct"``; a wrong one raises ``AssertionError`` naming the
+      exercise and what ``check`` found.
+    """
+    if solution is not None:
+        check(solution)
+    if fn(*probe) is None:
+        print(f"{name}: not answered yet: write the body of {fn.__name__} above, then run both cells")
+        return
+    try:
+        check(fn)
+    except AssertionError as err:
+        raise AssertionError(f"{name}: {fn.__name__} is not right yet: {err}") from None
     print(f"{name}: correct")

@@ -84,6 +84,27 @@ def keep_4bit_layers_trainable(model: torch.nn.Module) -> int:
     return n
 
 
+def nf4_config(compute_dtype: torch.dtype | str = torch.float32, *, double_quant: bool = True,
+               storage: torch.dtype = torch.uint8):
+    """QLoRA's quantization as a ``BitsAndBytesConfig``: NF4 weights with double quantization.
+
+    The configuration notebook 06 builds and explains (Dettmers et al. 2023, QLoRA, §3: 4-bit NormalFloat,
+    double quantization); the later notebooks take it from here.
+
+    - ``compute_dtype``: what a 4-bit layer dequantizes to and computes in (fp32 on the CPU, bf16/fp16 on
+      a GPU: :func:`utils.compute_dtype`).
+    - ``double_quant``: quantize the blocks' absmax scales too (8 bits instead of 32).
+    - ``storage``: the dtype the packed 4-bit values are stored in (``bnb_4bit_quant_storage``); FSDP1
+      needs a float dtype (notebook 09).
+    """
+    from transformers import BitsAndBytesConfig
+
+    from .device import dtype_from_name
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=double_quant,
+                              bnb_4bit_compute_dtype=dtype_from_name(compute_dtype), bnb_4bit_quant_storage=storage)
+
+
 def load_model(
     name: str | os.PathLike | None = None,
     *,
