@@ -255,15 +255,13 @@ def torchrun(script: str | os.PathLike, nproc: int, *args: str, timeout: float =
     script = Path(script)
     if not script.is_file():
         raise FileNotFoundError(f"No script {script}: write it first.")
-    for attempt in range(relaunch_on_signal + 1):
+    for attempt in range(relaunch_on_signal):
         try:
             return _launch(script, nproc, args, timeout, threads)
         except RankKilled as err:
-            if attempt == relaunch_on_signal:
-                raise
             print(f"{script.name} on {nproc} ranks: {err.summary}; launching again "
                   f"({attempt + 1} of {relaunch_on_signal})", file=sys.stderr, flush=True)
-    raise AssertionError("unreachable")
+    return _launch(script, nproc, args, timeout, threads)  # the last try: whatever it raises goes to the caller
 
 
 class RankKilled(RankFailure):
