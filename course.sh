@@ -6,7 +6,7 @@
 #   bash course.sh execute [notebooks/NN_*.ipynb ...]   re-run notebooks in place and clean their metadata
 #   bash course.sh setup                                only set up
 #   bash course.sh gpu-check [--dry-run] [options]      every notebook and measured training steps on a CUDA GPU,
-#                                                       results in gpu_check.json (tests/gpu_check.py --help)
+#                                                       results in gpu_check.json (tools/gpu_check.py --help)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -58,10 +58,10 @@ case "${1:-}" in
       echo "course.sh: executing $nb"
       jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=900 "$nb"
     done
-    python tests/notebook_tools.py clean "$@" ;;
+    python tools/notebook_tools.py clean "$@" ;;
   gpu-check)
     setup
-    exec python tests/gpu_check.py "${@:2}" ;;
+    exec python tools/gpu_check.py "${@:2}" ;;
   *)
     echo "usage: bash course.sh {lab|test|execute [notebook ...]|setup|gpu-check [--dry-run] [option ...]}" >&2; exit 2 ;;
 esac

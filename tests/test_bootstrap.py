@@ -1,4 +1,4 @@
-"""The bootstrap cell (tests/bootstrap_cell.py, cell 2 of every notebook) on a fake Colab and in local Jupyter.
+"""The bootstrap cell (tools/bootstrap_cell.py, cell 2 of every notebook) on a fake Colab and in local Jupyter.
 
 The Colab runs happen in a subprocess whose ``sys.modules`` holds a fake ``google.colab``, with a local
 ``file://`` git repository standing in for the course and ``COURSE_DIR`` pointing into a temporary
@@ -15,7 +15,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-CELL = Path(__file__).resolve().parent / "bootstrap_cell.py"
+CELL = Path(__file__).resolve().parent.parent / "tools" / "bootstrap_cell.py"
 REPO_ROOT = CELL.parent.parent
 NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 MISSING_PACKAGE = "course-test-no-such-package-4f1c"

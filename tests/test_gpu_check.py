@@ -1,4 +1,4 @@
-"""The prepared GPU check (tests/gpu_check.py), run here as its CPU dry run.
+"""The prepared GPU check (tools/gpu_check.py), run here as its CPU dry run.
 
 The dry run takes the code path of the real check: the machine's description, the bundled model and a model
 built from config, the four measured set-ups of notebook 06, notebooks executed in copy folders with the
@@ -19,7 +19,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "tests" / "gpu_check.py"
+SCRIPT = ROOT / "tools" / "gpu_check.py"
 NB00 = ROOT / "notebooks" / "00_setup.ipynb"
 SETUPS = ["full fp32", "LoRA (fp32 base)", "QLoRA", "QLoRA + checkpointing"]
 NOTEBOOK_KEYS = {"notebook", "model", "passed", "seconds", "error", "failed_cell", "cuda_max_memory_allocated",

@@ -5,7 +5,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from notebook_tools import problems
+from tools.notebook_tools import problems
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 

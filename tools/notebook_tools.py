@@ -1,7 +1,7 @@
 """Keep committed notebooks readable on GitHub and quiet in diffs.
 
-    python tests/notebook_tools.py clean notebooks/*.ipynb   # strip churning metadata, keep outputs
-    python tests/notebook_tools.py check notebooks/*.ipynb   # list what a learner would trip over
+    python tools/notebook_tools.py clean notebooks/*.ipynb   # strip churning metadata, keep outputs
+    python tools/notebook_tools.py check notebooks/*.ipynb   # list what a learner would trip over
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The course on a CUDA GPU, in one run: every notebook, two models, and directly measured training steps.
 
-    python tests/gpu_check.py [--output gpu_check.json] [--notebooks 00 05_lora ...] [--timeout 300] ...
-    python tests/gpu_check.py --dry-run      # no GPU: the same code path on the CPU, small
+    python tools/gpu_check.py [--output gpu_check.json] [--notebooks 00 05_lora ...] [--timeout 300] ...
+    python tools/gpu_check.py --dry-run      # no GPU: the same code path on the CPU, small
 
 What it does, in this order, writing everything it has found to one JSON file after each step (so a run
 stopped at its time limit still leaves its results):
