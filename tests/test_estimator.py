@@ -235,13 +235,13 @@ def test_config_forms_agree():
                                                "tied_embeddings", "head_dim")})
 
 
-def test_estimate_accepts_fields_and_reports_a_fit():
+def test_estimate_accepts_fields_and_gives_a_verdict():
     shape = SHAPES["2-layer GQA, tied"]
     est = E.estimate(shape, method="qlora", optimizer="paged_adamw", device="cuda")
     assert est.overhead == E.CUDA_OVERHEAD_BYTES and est.total == est.peak + est.overhead
-    assert est.fit(est.total) == "fits"
-    assert est.fit(est.total - est.pageable) == "fits if paged states spill to CPU"
-    assert est.fit(est.total - est.pageable - 1) == "does not fit"
+    assert est.verdict(est.total) == "fits"
+    assert est.verdict(est.total - est.pageable) == "fits if paged states spill to CPU"
+    assert est.verdict(est.total - est.pageable - 1) == "does not fit"
     assert sum(est.peak_parts.values()) == est.peak
 
 

@@ -1,5 +1,7 @@
 """Shared helpers of the course: device and dtype choice, loading, memory measurement, plots, seeding.
 
+The training-memory estimator is the subpackage ``utils.estimator`` (notebooks import it as ``E``).
+
 The lessons themselves live in the notebooks; this package only keeps what several of them share.
 """
 from .device import compute_dtype, dtype_from_name, get_device, mixed_precision_flags, supports_bf16
@@ -32,4 +34,3 @@ __all__ = [
     "plot_memory_breakdown", "plot_memory_timeline", "quiet", "score", "seed_everything",
     "supports_bf16", "tensor_bytes", "trace_memory", "unique_bytes", "weight_matrix",
 ]
-from .estimator import GPUS, Estimate, ModelShape, Recipe, common_shapes, estimate, load_shape, shape_from_config  # noqa: E402

@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 from . import loss as L
 from .recipe import Recipe
 from .shapes import ModelShape
-from .static import _adapter_itemsize, _dtype_bytes
+
 
 MIN_OFFLOAD_BYTES = 1024  # trl OffloadActivations(min_offload_size=1024): smaller saved tensors stay put
 
 
 @dataclass(eq=False)
-class _T:
+class TensorSize:
     """A tensor of the forward pass: elements, bytes per element, whether autograd tracks it."""
 
     numel: int
@@ -31,17 +31,17 @@ class _T:
 
 
 @dataclass
-class _Saved:
+class SavedTensors:
     """Tensors saved for backward, each counted once (identity, like ``count_saved_tensors``'s storages)."""
 
-    tensors: dict[int, tuple[str, _T]] = field(default_factory=dict)
+    tensors: dict[int, tuple[str, TensorSize]] = field(default_factory=dict)
 
-    def add(self, what: str, *ts: _T | None) -> None:
+    def add(self, what: str, *ts: TensorSize | None) -> None:
         for t in ts:
             if t is not None:
                 self.tensors.setdefault(id(t), (what, t))
 
-    def __contains__(self, t: _T) -> bool:
+    def __contains__(self, t: TensorSize) -> bool:
         return id(t) in self.tensors
 
     @property
@@ -56,13 +56,13 @@ class _Saved:
         return out
 
 
-def _cast(x: _T, itemsize: int) -> _T:
+def _cast(x: TensorSize, itemsize: int) -> TensorSize:
     """``x.to(dtype)``: the same tensor when the dtype already matches, else a new one (``ToCopyBackward`` saves nothing)."""
-    return x if x.itemsize == itemsize else _T(x.numel, itemsize, x.grad)
+    return x if x.itemsize == itemsize else TensorSize(x.numel, itemsize, x.grad)
 
 
 @dataclass
-class _Pass:
+class ForwardPass:
     """What the op rules need to know about one forward pass."""
 
     shape: ModelShape
@@ -72,18 +72,18 @@ class _Pass:
     base_itemsize: int  # stored bytes per element of base (or master) weights
     compute_itemsize: int  # bytes per element the linear layers compute in
     rest_itemsize: int  # stored bytes per element of the embedding, norms and head (fp32 after prepare_kbit)
-    weight_copies: dict[str, _T] = field(default_factory=dict)  # autocast's cache of 16-bit weight casts
+    weight_copies: dict[str, TensorSize] = field(default_factory=dict)  # autocast's cache of 16-bit weight casts
 
-    def autocast_weight(self, key: str, numel: int, itemsize: int, trainable: bool) -> _T | None:
+    def autocast_weight(self, key: str, numel: int, itemsize: int, trainable: bool) -> TensorSize | None:
         """The 16-bit copy autocast makes of a weight (cached for trainable fp32 leaves), or None if already 16-bit."""
         if itemsize == 2:
             return None
         if trainable:
-            return self.weight_copies.setdefault(key, _T(numel, 2, True))
-        return _T(numel, 2, False)
+            return self.weight_copies.setdefault(key, TensorSize(numel, 2, True))
+        return TensorSize(numel, 2, False)
 
 
-def _rmsnorm(S: _Saved, ps: _Pass, x: _T, trainable: bool) -> _T:
+def _rmsnorm(S: SavedTensors, fwd: ForwardPass, x: TensorSize, trainable: bool) -> TensorSize:
     """``LlamaRMSNorm``: ``w * (x32 * rsqrt(mean(x32**2) + eps)).to(x.dtype)``.
 
     ``pow`` saves ``x32``, ``rsqrt`` its fp32 result (one value per token), ``mul`` both; the weight
@@ -92,15 +92,15 @@ def _rmsnorm(S: _Saved, ps: _Pass, x: _T, trainable: bool) -> _T:
     x32 = _cast(x, 4)
     if x32.grad:
         S.add("rmsnorm: input (fp32)", x32)
-        S.add("rmsnorm: rsqrt", _T(ps.tokens, 4, True))
-    y = _cast(_T(x.numel, 4, x32.grad), x.itemsize)
+        S.add("rmsnorm: rsqrt", TensorSize(fwd.tokens, 4, True))
+    y = _cast(TensorSize(x.numel, 4, x32.grad), x.itemsize)
     if trainable:
         S.add("rmsnorm: normalized input (weight trains)", y)
-    return _T(x.numel, max(ps.rest_itemsize, x.itemsize), x.grad or trainable)
+    return TensorSize(x.numel, max(fwd.rest_itemsize, x.itemsize), x.grad or trainable)
 
 
-def _linear(S: _Saved, ps: _Pass, key: str, x: _T, out_features: int, in_features: int,
-            trainable: bool, quantized: bool, lora: bool, saved_as: str, weight_itemsize: int | None = None) -> _T:
+def _linear(S: SavedTensors, fwd: ForwardPass, key: str, x: TensorSize, out_features: int, in_features: int,
+            trainable: bool, quantized: bool, lora: bool, saved_as: str, weight_itemsize: int | None = None) -> TensorSize:
     """``nn.Linear`` / bitsandbytes ``Linear4bit``, with PEFT's LoRA branch when ``lora``.
 
     - plain: ``mm`` saves its input when the weight trains (and the weight, a parameter, when the input
@@ -111,92 +111,92 @@ def _linear(S: _Saved, ps: _Pass, key: str, x: _T, out_features: int, in_feature
       without CUDA autocast), ``lora_A`` saves that input, ``lora_B`` saves ``A x`` (rank ``r``); under
       autocast both see 16-bit copies of input and adapter weights.
     """
-    r, n, ad = ps.recipe.lora_r, ps.tokens, _adapter_itemsize(ps.recipe)
+    r, n, ad = fwd.recipe.lora_r, fwd.tokens, fwd.recipe.adapter_itemsize
     if quantized:
-        xc = _cast(x, ps.compute_itemsize)
-        out = _cast(_T(n * out_features, xc.itemsize, xc.grad), x.itemsize)
-    elif ps.autocast:
+        xc = _cast(x, fwd.compute_itemsize)
+        out = _cast(TensorSize(n * out_features, xc.itemsize, xc.grad), x.itemsize)
+    elif fwd.autocast:
         xc = _cast(x, 2)
-        w16 = ps.autocast_weight(key, out_features * in_features, weight_itemsize or ps.base_itemsize, trainable)
+        w16 = fwd.autocast_weight(key, out_features * in_features, weight_itemsize or fwd.base_itemsize, trainable)
         if trainable:
             S.add(f"{saved_as}: input", xc)
         if xc.grad:
             S.add(f"{saved_as}: 16-bit weight copy (autocast)", w16)
-        out = _T(n * out_features, 2, xc.grad or trainable)
+        out = TensorSize(n * out_features, 2, xc.grad or trainable)
     else:
         if trainable:
             S.add(f"{saved_as}: input", x)
-        out = _T(n * out_features, x.itemsize, x.grad or trainable)
+        out = TensorSize(n * out_features, x.itemsize, x.grad or trainable)
     if not lora:
         return out
     # lora.Linear4bit skips the cast when ``torch.is_autocast_enabled()``, which reports CUDA's autocast only
-    peft_casts = not (quantized and ps.autocast and ps.recipe.device == "cuda")
+    peft_casts = not (quantized and fwd.autocast and fwd.recipe.device == "cuda")
     xa = _cast(x, ad) if peft_casts else x
-    if ps.autocast:
+    if fwd.autocast:
         xa16 = _cast(xa, 2)
         S.add("lora_A: input", xa16)
         if xa16.grad:
-            S.add("lora_A/B: 16-bit adapter copies (autocast)", ps.autocast_weight(key + ".A", r * in_features, ad, True))
-        S.add("lora_A/B: 16-bit adapter copies (autocast)", ps.autocast_weight(key + ".B", out_features * r, ad, True))
-        a = _T(n * r, 2, True)
+            S.add("lora_A/B: 16-bit adapter copies (autocast)", fwd.autocast_weight(key + ".A", r * in_features, ad, True))
+        S.add("lora_A/B: 16-bit adapter copies (autocast)", fwd.autocast_weight(key + ".B", out_features * r, ad, True))
+        a = TensorSize(n * r, 2, True)
     else:
         S.add("lora_A: input", xa)
-        a = _T(n * r, ad, True)
+        a = TensorSize(n * r, ad, True)
     S.add("lora_B: input (rank r)", a)  # (``* scaling`` saves a wrapped Python number: no tensor storage)
-    return _T(out.numel, out.itemsize, True)
+    return TensorSize(out.numel, out.itemsize, True)
 
 
 @dataclass
 class LayerLedger:
     """What one decoder layer's forward leaves for backward."""
 
-    saved: _Saved
-    input: _T
-    output: _T
+    saved: SavedTensors
+    input: TensorSize
+    output: TensorSize
     down_only: int  # bytes saved only for down_proj's backward (freed before the MLP's mul backward)
     mlp_itemsize: int
 
 
-def _decoder_layer(ps: _Pass, index: int, x: _T, rope: tuple[_T, _T], rope_saved: _Saved) -> LayerLedger:
+def _decoder_layer(fwd: ForwardPass, index: int, x: TensorSize, rope: tuple[TensorSize, TensorSize], rope_saved: SavedTensors) -> LayerLedger:
     """``LlamaDecoderLayer``: norm, attention, residual, norm, MLP, residual."""
-    S, rc = _Saved(), ps.recipe
-    full, shape = rc.method == "full", ps.shape
+    S, rc = SavedTensors(), fwd.recipe
+    full, shape = rc.method == "full", fwd.shape
     lin = shape.linear_shapes()
 
-    def linear(name: str, inp: _T) -> _T:
+    def linear(name: str, inp: TensorSize) -> TensorSize:
         o, n = lin[name]
-        return _linear(S, ps, f"{index}.{name}", inp, o, n, trainable=full, quantized=rc.method == "qlora",
+        return _linear(S, fwd, f"{index}.{name}", inp, o, n, trainable=full, quantized=rc.method == "qlora",
                        lora=rc.uses_adapters and name in rc.lora_targets, saved_as=name)
 
-    n1 = _rmsnorm(S, ps, x, full)
+    n1 = _rmsnorm(S, fwd, x, full)
     q, k, v = linear("q_proj", n1), linear("k_proj", n1), linear("v_proj", n1)
     cos, sin = rope
-    q_rot = _T(q.numel, max(q.itemsize, cos.itemsize), q.grad)  # q*cos + rotate_half(q)*sin
-    k_rot = _T(k.numel, max(k.itemsize, cos.itemsize), k.grad)
+    q_rot = TensorSize(q.numel, max(q.itemsize, cos.itemsize), q.grad)  # q*cos + rotate_half(q)*sin
+    k_rot = TensorSize(k.numel, max(k.itemsize, cos.itemsize), k.grad)
     if q.grad or k.grad:
         rope_saved.add("rotary: cos, sin (once)", cos, sin)
-    if ps.autocast:  # scaled_dot_product_attention is on autocast's 16-bit list
+    if fwd.autocast:  # scaled_dot_product_attention is on autocast's 16-bit list
         q_rot, k_rot, v = _cast(q_rot, 2), _cast(k_rot, 2), _cast(v, 2)
-    attn = _T(q_rot.numel, q_rot.itemsize, q_rot.grad or k_rot.grad or v.grad)
+    attn = TensorSize(q_rot.numel, q_rot.itemsize, q_rot.grad or k_rot.grad or v.grad)
     if attn.grad:  # flash kernel (CPU and CUDA): q, k, v (GQA: not repeated), output, log-sum-exp
         S.add("attention: q, k, v, output", q_rot, k_rot, v, attn)
-        S.add("attention: log-sum-exp (fp32)", _T(ps.recipe.batch_size * shape.heads * ps.recipe.seq_len, 4, True))
+        S.add("attention: log-sum-exp (fp32)", TensorSize(fwd.recipe.batch_size * shape.heads * fwd.recipe.seq_len, 4, True))
     o = linear("o_proj", attn)
-    x1 = _T(x.numel, max(x.itemsize, o.itemsize), x.grad or o.grad)
-    n2 = _rmsnorm(S, ps, x1, full)
+    x1 = TensorSize(x.numel, max(x.itemsize, o.itemsize), x.grad or o.grad)
+    n2 = _rmsnorm(S, fwd, x1, full)
     g, u = linear("gate_proj", n2), linear("up_proj", n2)
     if g.grad:
         S.add("silu: input", g)
-    s = _T(g.numel, g.itemsize, g.grad)
+    s = TensorSize(g.numel, g.itemsize, g.grad)
     if u.grad:
         S.add("mul: silu output", s)
     if s.grad:
         S.add("mul: up output", u)
-    p = _T(g.numel, max(s.itemsize, u.itemsize), s.grad or u.grad)
+    p = TensorSize(g.numel, max(s.itemsize, u.itemsize), s.grad or u.grad)
     before = S.bytes
     down = linear("down_proj", p)
     down_only = S.bytes - before
-    x2 = _T(x1.numel, max(x1.itemsize, down.itemsize), x1.grad or down.grad)
+    x2 = TensorSize(x1.numel, max(x1.itemsize, down.itemsize), x1.grad or down.grad)
     return LayerLedger(S, x, x2, down_only, p.itemsize)
 
 
@@ -205,12 +205,12 @@ class ActivationLedger:
     """The forward pass's saved tensors: per layer, at the head (final norm, logits, loss), and shared."""
 
     layers: list[LayerLedger]
-    head: _Saved
-    shared: _Saved  # embedding indices, rotary cos/sin
+    head: SavedTensors
+    shared: SavedTensors  # embedding indices, rotary cos/sin
     rope_bytes: int  # cos + sin: alive during the whole step, saved or not
     logits_numel: int  # elements of the whole logits (0 with the chunked loss, which never makes them)
     checkpointing: bool
-    final_hidden: _T | None = None  # the final norm's output, what the LM head (or the chunked loss) reads
+    final_hidden: TensorSize | None = None  # the final norm's output, what the LM head (or the chunked loss) reads
 
     @property
     def checkpoint_inputs(self) -> int:
@@ -224,7 +224,7 @@ class ActivationLedger:
             return self.head.bytes + self.shared_bytes(without_rope=True) + self.checkpoint_inputs
         return self.head.bytes + self.shared.bytes + sum(layer.saved.bytes for layer in self.layers)
 
-    def saved_tensors(self) -> list[tuple[str, _T]]:
+    def saved_tensors(self) -> list[tuple[str, TensorSize]]:
         """Every tensor in :attr:`total`, with the op that saved it (layer inputs under checkpointing)."""
         out = list(self.head.tensors.values())
         out += [(w, t) for w, t in self.shared.tensors.values() if not (self.checkpointing and w.startswith("rotary"))]
@@ -249,7 +249,7 @@ class ActivationLedger:
         return out
 
 
-def offloads(what: str, t: _T) -> bool:
+def offloads(what: str, t: TensorSize) -> bool:
     """Whether trl's activation offloading (``trl/models/activation_offloading.py``) copies this saved
     tensor to the host: not if it is under :data:`MIN_OFFLOAD_BYTES`, nor if the output head saved it
     (``get_act_offloading_ctx_manager`` turns offloading off around ``lm_head``). Parameters are never
@@ -257,7 +257,7 @@ def offloads(what: str, t: _T) -> bool:
     return t.nbytes >= MIN_OFFLOAD_BYTES and not what.startswith("lm_head")
 
 
-def _chunked_loss(S: _Saved, ps: _Pass, hidden: _T) -> None:
+def _chunked_loss(S: SavedTensors, fwd: ForwardPass, hidden: TensorSize) -> None:
     """What trl's ``ChunkedLogProbFunction`` and the fused forward around it save (see :mod:`.loss`).
 
     The hidden states without the last position, flattened: a copy (Triton path: ``hidden[mask]``;
@@ -266,46 +266,45 @@ def _chunked_loss(S: _Saved, ps: _Pass, hidden: _T) -> None:
     label masks of the outputs that need a gradient (one ``masked_fill`` mask each on the torch path,
     one shared ``masked_scatter`` mask with Triton); the token count the loss divides by (0-d int64).
     """
-    rc, h = ps.recipe, ps.shape.hidden
+    rc, h = fwd.recipe, fwd.shape.hidden
     n = L.scored_tokens(rc.batch_size, rc.seq_len)
     triton = rc.device == "cuda"
     view = not triton and rc.batch_size == 1
-    S.add("chunked loss: hidden states", hidden if view else _T(n * h, hidden.itemsize, hidden.grad))
-    S.add("chunked loss: targets (int64)", _T(n, 8, False))
-    S.add("chunked loss: log_z, entropy (fp32)", _T(n, 4, False), _T(n, 4, True))
-    S.add("chunked loss: label masks", *[_T(n, 1, False) for _ in range(1 if triton else L.MASKS_SAVED_TORCH)])
-    S.add("chunked loss: token count", _T(1, 8, False))
+    S.add("chunked loss: hidden states", hidden if view else TensorSize(n * h, hidden.itemsize, hidden.grad))
+    S.add("chunked loss: targets (int64)", TensorSize(n, 8, False))
+    S.add("chunked loss: log_z, entropy (fp32)", TensorSize(n, 4, False), TensorSize(n, 4, True))
+    S.add("chunked loss: label masks", *[TensorSize(n, 1, False) for _ in range(1 if triton else L.MASKS_SAVED_TORCH)])
+    S.add("chunked loss: token count", TensorSize(1, 8, False))
 
 
 def activation_ledger(shape: ModelShape, recipe: Recipe) -> ActivationLedger:
     """Walk ``LlamaForCausalLM.forward`` with labels for one batch and record what autograd saves."""
     full = recipe.method == "full"
-    base = _dtype_bytes(recipe.precision, "master" if full else "base")
-    rest = _dtype_bytes(recipe.precision, "rest" if recipe.prepare_kbit else ("master" if full else "base"))
+    base, rest = recipe.weight_itemsize, recipe.rest_itemsize
     compute = 4 if recipe.precision == "fp32" else 2
-    ps = _Pass(shape, recipe, recipe.batch_size * recipe.seq_len, autocast=recipe.precision == "mixed",
+    fwd = ForwardPass(shape, recipe, recipe.batch_size * recipe.seq_len, autocast=recipe.precision == "mixed",
                base_itemsize=base, compute_itemsize=compute, rest_itemsize=rest)
-    shared, head = _Saved(), _Saved()
-    x = _T(ps.tokens * shape.hidden, rest, full)  # embedding output, in the embedding's dtype
+    shared, head = SavedTensors(), SavedTensors()
+    x = TensorSize(fwd.tokens * shape.hidden, rest, full)  # embedding output, in the embedding's dtype
     if full:
-        shared.add("embedding: token ids (int64)", _T(ps.tokens, 8, False))
+        shared.add("embedding: token ids (int64)", TensorSize(fwd.tokens, 8, False))
     # LlamaRotaryEmbedding returns cos, sin in the hidden states' dtype
-    rope = (_T(recipe.seq_len * shape.d, rest, False), _T(recipe.seq_len * shape.d, rest, False))
+    rope = (TensorSize(recipe.seq_len * shape.head_dim, rest, False), TensorSize(recipe.seq_len * shape.head_dim, rest, False))
     layers = []
     for index in range(shape.layers):
-        layer = _decoder_layer(ps, index, x, rope, shared)
+        layer = _decoder_layer(fwd, index, x, rope, shared)
         layers.append(layer)
         x = layer.output
-    n = _rmsnorm(head, ps, x, full)
+    n = _rmsnorm(head, fwd, x, full)
     if recipe.chunked_loss:
-        _chunked_loss(head, ps, n)
+        _chunked_loss(head, fwd, n)
         logits_numel = 0
     else:
-        logits = _linear(head, ps, "lm_head", n, shape.vocab, shape.hidden, trainable=full, quantized=False,
+        logits = _linear(head, fwd, "lm_head", n, shape.vocab, shape.hidden, trainable=full, quantized=False,
                          lora=False, saved_as="lm_head", weight_itemsize=rest)
-        head.add("loss: log_softmax output (fp32)", _T(logits.numel, 4, True))
-        head.add("loss: shifted labels (int64)", _T(ps.tokens, 8, False))
-        head.add("loss: total weight", _T(1, 4, False))
+        head.add("loss: log_softmax output (fp32)", TensorSize(logits.numel, 4, True))
+        head.add("loss: shifted labels (int64)", TensorSize(fwd.tokens, 8, False))
+        head.add("loss: total weight", TensorSize(1, 4, False))
         logits_numel = logits.numel
     return ActivationLedger(layers, head, shared, sum(t.nbytes for t in rope), logits_numel, recipe.checkpointing,
                             final_hidden=n)

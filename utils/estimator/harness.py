@@ -9,7 +9,6 @@ from typing import Any
 
 from .recipe import Recipe
 from .shapes import ModelShape
-from .static import _dtype_bytes
 
 
 def llama_config(shape: ModelShape, **overrides: Any):
@@ -18,7 +17,7 @@ def llama_config(shape: ModelShape, **overrides: Any):
 
     kwargs = dict(num_hidden_layers=shape.layers, hidden_size=shape.hidden, intermediate_size=shape.intermediate,
                   num_attention_heads=shape.heads, num_key_value_heads=shape.kv_heads, vocab_size=shape.vocab,
-                  tie_word_embeddings=shape.tied_embeddings, head_dim=shape.d, max_position_embeddings=4096,
+                  tie_word_embeddings=shape.tied_embeddings, head_dim=shape.head_dim, max_position_embeddings=4096,
                   use_cache=False, pad_token_id=0, bos_token_id=0, eos_token_id=0)
     kwargs.update(overrides)
     return LlamaConfig(**kwargs)
@@ -55,7 +54,7 @@ def build_model(shape: ModelShape, recipe: Recipe, seed: int = 0, device: str | 
 
     device = device or recipe.device
     full = recipe.method == "full"
-    dtype = torch.float32 if _dtype_bytes(recipe.precision, "master" if full else "base") == 4 else _half(device)
+    dtype = torch.float32 if recipe.weight_itemsize == 4 else _half(device)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(llama_config(shape)).to(dtype)
     if recipe.method == "qlora":

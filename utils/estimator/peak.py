@@ -1,18 +1,15 @@
 """The peak of a step: the largest of a few moments, each the sum of what is provably alive then.
 
-:func:`peak_moments` lists the moments; :func:`estimate` puts the parts together into an
-:class:`Estimate`, comparable number for number with :class:`utils.StepMemory`.
+:func:`peak_moments` lists the moments and what each holds, by kind; :func:`utils.estimator.estimate`
+takes the largest.
 """
 from __future__ import annotations
-
-from dataclasses import dataclass, replace
-from typing import Any
 
 from . import loss as L
 from .activations import ActivationLedger, activation_ledger
 from .recipe import Recipe
-from .shapes import GiB, ModelShape, shape_from_config
-from .static import (Param, gradient_bytes, optimizer_state_bytes, optimizer_temporary_bytes, parameter_inventory,
+from .shapes import ModelShape
+from .parameter_memory import (Param, gradient_bytes, optimizer_state_bytes, optimizer_temporary_bytes, parameter_inventory,
                      weight_bytes)
 
 # torch.get_rng_state().numel(): the CPU Mersenne Twister state that torch.utils.checkpoint stashes per
@@ -23,7 +20,6 @@ MUL_BACKWARD_BUFFERS = 3  # the MLP product's backward: its incoming gradient an
 # A tied, trainable embedding's backward (measured on the CPU): its dense gradient and that gradient's sum with
 # the output head's, each vocabulary x hidden in the parameter's dtype.
 EMBEDDING_BACKWARD_BUFFERS = 2
-CUDA_OVERHEAD_BYTES = 1 * GiB  # stated assumption (not measured here): CUDA context, kernels, fragmentation
 
 
 def _layer_gradient_bytes(params: list[Param], layers: int) -> tuple[list[int], int]:
@@ -159,104 +155,3 @@ def _loss_temporaries(shape: ModelShape, recipe: Recipe, params: list[Param],
                 triton=recipe.device == "cuda")
     return {"loss forward": L.chunked_forward_bytes(**args),
             "loss backward": L.chunked_backward_bytes(**args, head_trains=head.trainable)}
-
-
-# --------------------------------------------------------------------------------------------------
-# The estimate
-# --------------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Estimate:
-    """Predicted memory of one training step (bytes).
-
-    ``weights``, ``gradients``, ``optimizer_states``, ``activations`` are comparable one to one with
-    :class:`utils.StepMemory`; ``peak`` with ``StepMemory.peak`` (on CUDA: ``max_memory_allocated``).
-    ``peak_moment`` names the moment that sets it and ``peak_parts`` splits it by kind.
-    ``overhead`` is the stated allowance for what tensor statistics miss; ``total = peak + overhead``
-    is what to compare with a GPU's memory. ``offloaded`` (with ``offload_activations``) is the bytes of
-    saved activations copied to CPU RAM in forward (held there, not on the device, until backward).
-    """
-
-    shape: ModelShape
-    recipe: Recipe
-    parameters: int
-    trainable_parameters: int
-    weights: int
-    gradients: int
-    optimizer_states: int
-    activations: int
-    moments: dict[str, Moment]
-    overhead: int
-    offloaded: int = 0
-
-    @property
-    def peak_moment(self) -> str:
-        """The moment of the step that holds the most (ties: the earliest)."""
-        return max(self.moments, key=lambda m: sum(self.moments[m].values()))
-
-    @property
-    def peak_parts(self) -> dict[str, int]:
-        """The peak split into weights, optimizer states, gradients, activations and temporaries."""
-        return dict(self.moments[self.peak_moment])
-
-    @property
-    def peak(self) -> int:
-        return sum(self.peak_parts.values())
-
-    @property
-    def total(self) -> int:
-        return self.peak + self.overhead
-
-    @property
-    def pageable(self) -> int:
-        """Bytes of paged optimizer states: CUDA unified memory, which the driver moves to CPU RAM when
-        the GPU runs short (and which ``torch.cuda.max_memory_allocated`` does not count)."""
-        return self.optimizer_states if self.recipe.optimizer.startswith("paged") else 0
-
-    def breakdown(self) -> dict[str, int]:
-        """The four kinds of :meth:`utils.StepMemory.breakdown`, for :func:`utils.plot_memory_breakdown`."""
-        return {"weights": self.weights, "gradients": self.gradients,
-                "optimizer states": self.optimizer_states, "activations": self.activations}
-
-    def fits(self, capacity: int) -> bool:
-        """True when ``total`` (peak plus stated overhead) is at most ``capacity`` bytes."""
-        return self.total <= capacity
-
-    def fit(self, capacity: int) -> str:
-        """``"fits"``, ``"fits if paged states spill to CPU"`` or ``"does not fit"`` in ``capacity`` bytes."""
-        if self.total <= capacity:
-            return "fits"
-        if self.total - self.pageable <= capacity:
-            return "fits if paged states spill to CPU"
-        return "does not fit"
-
-
-def estimate(config: Any, recipe: Recipe | None = None, overhead: int | None = None, **recipe_fields: Any) -> Estimate:
-    """Predict the memory of one training step of ``config`` (a transformers config, a mapping or a
-    :class:`ModelShape`) trained with ``recipe`` (or ``Recipe(**recipe_fields)``).
-
-    ``overhead`` defaults to 0 on the CPU and :data:`CUDA_OVERHEAD_BYTES` on CUDA (an assumption).
-    """
-    shape = shape_from_config(config)
-    if recipe is None:
-        recipe = Recipe(**recipe_fields)
-    elif recipe_fields:
-        recipe = replace(recipe, **recipe_fields)
-    if not isinstance(recipe, Recipe):
-        raise TypeError(f"recipe must be a utils.estimator.Recipe, got {type(recipe).__name__}.")
-    if overhead is None:
-        overhead = CUDA_OVERHEAD_BYTES if recipe.device == "cuda" else 0
-    params = parameter_inventory(shape, recipe)
-    ledger = activation_ledger(shape, recipe)
-    return Estimate(
-        shape=shape, recipe=recipe,
-        parameters=shape.parameters(),
-        trainable_parameters=sum(p.numel for p in params if p.trainable),
-        weights=weight_bytes(params, recipe),
-        gradients=gradient_bytes(params),
-        optimizer_states=optimizer_state_bytes(params, recipe.optimizer),
-        activations=ledger.total,
-        moments=peak_moments(shape, recipe, params, ledger), overhead=overhead,
-        offloaded=ledger.offloaded() if recipe.offload_activations else 0,
-    )
-

@@ -96,6 +96,25 @@ class Recipe:
     def uses_adapters(self) -> bool:
         return self.method in ("lora", "qlora")
 
+    @property
+    def weight_itemsize(self) -> int:
+        """Bytes per element of the linear layers' stored weights before any 4-bit packing: 4 in fp32, and
+        for full fine-tuning under autocast (fp32 master weights); else 2 (16-bit)."""
+        if self.precision == "fp32" or (self.precision == "mixed" and self.method == "full"):
+            return 4
+        return 2
+
+    @property
+    def rest_itemsize(self) -> int:
+        """Bytes per element of the embedding, norms and untied head: fp32 after ``prepare_kbit``, else as
+        the weights."""
+        return 4 if self.prepare_kbit else self.weight_itemsize
+
+    @property
+    def adapter_itemsize(self) -> int:
+        """Bytes per element of the LoRA adapters (``adapter_dtype``)."""
+        return 4 if self.adapter_dtype == "fp32" else 2
+
     def label(self) -> str:
         """A short human-readable name: ``'QLoRA r=64 (all) mixed paged_adamw +ckpt'``."""
         name = {"full": "full", "lora": "LoRA", "qlora": "QLoRA"}[self.method]

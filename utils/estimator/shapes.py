@@ -2,8 +2,7 @@
 
 :class:`ModelShape` holds them; :func:`shape_from_config` reads them from a ``transformers`` config, a
 mapping or a ``config.json`` (:func:`load_shape`), refusing architectures the estimator does not model;
-:func:`common_shapes` loads the published architectures in ``data/configs``. :data:`GPUS` lists the
-cards the heat maps of notebook 07 compare against.
+:func:`common_shapes` loads the published architectures in ``data/configs``.
 """
 from __future__ import annotations
 
@@ -13,8 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-GiB = 2**30
-
 # transformers model types built as the estimator models them: decoder blocks of attention (grouped-query
 # allowed) and a gated three-matrix MLP, RMSNorm, no position-embedding table. (Qwen2 adds biases to q, k and
 # v: 3 x hidden numbers per block, left out.)
@@ -23,12 +20,6 @@ _NOT_MODELLED = {  # model_type: what the estimator does not model
     "gpt2": "GPT-2's Conv1D layers with biases, its two-matrix GELU MLP and its learned position embeddings",
     "gpt_neo": "GPT-Neo's biases, two-matrix GELU MLP, local attention and learned position embeddings",
     "opt": "OPT's biases, two-matrix ReLU MLP, LayerNorm and learned position embeddings",
-}
-GPUS = {  # memory as nvidia-smi reports it (MiB): a "16 GB" T4 shows 15360 MiB, the others their nominal size
-    "T4 16 GB": 15 * GiB,
-    "RTX 3090/4090 24 GB": 24 * GiB,
-    "A100 40 GB": 40 * GiB,
-    "A100 80 GB": 80 * GiB,
 }
 
 _CONFIG_FIELDS = {  # ModelShape field: transformers config attribute
@@ -77,15 +68,9 @@ class ModelShape:
         elif isinstance(self.head_dim, bool) or not isinstance(self.head_dim, int) or self.head_dim < 1:
             raise ValueError(f"ModelShape.head_dim must be a positive integer, got {self.head_dim!r}.")
 
-    @property
-    def d(self) -> int:
-        """The head dimension (always set after construction)."""
-        assert self.head_dim is not None
-        return self.head_dim
-
     def linear_shapes(self) -> dict[str, tuple[int, int]]:
         """``{name: (out_features, in_features)}`` of the seven linear layers of one decoder layer."""
-        h, i, q, kv = self.hidden, self.intermediate, self.heads * self.d, self.kv_heads * self.d
+        h, i, q, kv = self.hidden, self.intermediate, self.heads * self.head_dim, self.kv_heads * self.head_dim
         return {"q_proj": (q, h), "k_proj": (kv, h), "v_proj": (kv, h), "o_proj": (h, q),
                 "gate_proj": (i, h), "up_proj": (i, h), "down_proj": (h, i)}
 

@@ -39,31 +39,16 @@ class Param:
     quantized: bool = False
 
 
-def _dtype_bytes(precision: str, role: str) -> int:
-    """Bytes per element of a stored tensor: ``role`` is ``"master"`` (full fine-tuning), ``"base"``, or
-    ``"rest"`` (the non-quantized parameters after ``prepare_model_for_kbit_training``: fp32)."""
-    if precision == "fp32" or role == "rest":
-        return 4
-    if precision == "mixed" and role == "master":
-        return 4  # autocast keeps fp32 master weights
-    return 2
-
-
-def _adapter_itemsize(recipe: Recipe) -> int:
-    return 4 if recipe.adapter_dtype == "fp32" else 2
-
-
 def parameter_inventory(shape: ModelShape, recipe: Recipe) -> list[Param]:
     """Every parameter tensor, in ``named_parameters()`` order (PEFT inserts A, B after each base weight)."""
     full = recipe.method == "full"
-    w = _dtype_bytes(recipe.precision, "master" if full else "base")
-    rest = _dtype_bytes(recipe.precision, "rest") if recipe.prepare_kbit else w  # embedding, norms, head
+    w, rest = recipe.weight_itemsize, recipe.rest_itemsize  # linear layers; embedding, norms, head
     out = [Param("embed_tokens", shape.vocab * shape.hidden, rest, full)]
     for layer in range(shape.layers):
         for name, (o, n) in shape.linear_shapes().items():
             out.append(Param(f"{layer}.{name}", o * n, w, full, quantized=recipe.method == "qlora"))
             if recipe.uses_adapters and name in recipe.lora_targets:
-                a = _adapter_itemsize(recipe)
+                a = recipe.adapter_itemsize
                 out.append(Param(f"{layer}.{name}.lora_A", recipe.lora_r * n, a, True))
                 out.append(Param(f"{layer}.{name}.lora_B", o * recipe.lora_r, a, True))
         out += [Param(f"{layer}.input_layernorm", shape.hidden, rest, full),
