@@ -1,12 +1,13 @@
 """The training-memory estimator: predicted against measured, formulas against the papers, bad input.
 
-Validation (the issue's bar): the predicted peak of one training step is within ±10% of the peak that
+On the CPU the predicted peak of one training step is within ``CPU_TOLERANCE`` (1%) of the peak that
 ``utils.measure_training_step`` measures, on the bundled model and on three random-weight Llama
 configurations of different sizes, for full fine-tuning, LoRA and QLoRA, with and without
-checkpointing, on the CPU. Weights, gradients and optimizer states are predicted exactly, the saved
-activations to 1%. The recipe options (trl's chunked loss, gradient accumulation, the bytes activation
+checkpointing; weights, gradients, optimizer states and saved activations are predicted exactly
+(``utils/estimator/README.md`` states the same figures). The recipe options (trl's chunked loss, gradient accumulation, the bytes activation
 offloading moves, ``prepare_model_for_kbit_training``'s upcast, 8-bit states) are checked the same way
-within ``OPTION_TOLERANCE``. A GPU, when present, is checked against CUDA's peak statistics.
+within ``OPTION_TOLERANCE``. A GPU, when present, is checked against CUDA's peak statistics within
+``GPU_TOLERANCE`` (10%: the CUDA rules are predictions until a GPU run checks them).
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ import torch
 import utils
 from utils import estimator as E
 
-TOLERANCE = 0.10  # the issue's bar for the peak; in practice the error is under 2%
+CPU_TOLERANCE = 0.01  # the peak on the CPU, as utils/estimator/README.md states it
+GPU_TOLERANCE = 0.10  # the peak against CUDA's statistics
 
 SHAPES = {  # three sizes built from config with random weights (plus the bundled model below)
     "2-layer GQA, tied": E.ModelShape(layers=2, hidden=64, intermediate=172, heads=4, kv_heads=2, vocab=512,
@@ -56,9 +58,9 @@ def check(predicted: E.Estimate, measured: utils.StepMemory) -> None:
     assert predicted.weights == measured.weights
     assert predicted.gradients == measured.gradients
     assert predicted.optimizer_states == measured.optimizer_states
-    assert predicted.activations == pytest.approx(measured.activations, rel=0.01)
+    assert predicted.activations == measured.activations
     error = (predicted.peak - measured.peak) / measured.peak
-    assert abs(error) <= TOLERANCE, (
+    assert abs(error) <= CPU_TOLERANCE, (
         f"{predicted.recipe.label()}: predicted {predicted.peak} B, measured {measured.peak} B ({error:+.1%})")
 
 
@@ -188,7 +190,7 @@ def test_predicted_peak_matches_cuda_statistics(method, checkpointing):
                       optimizer="adamw_fused", device="cuda")
     measured = E.measure_recipe(E.build_model(shape, recipe), recipe)
     predicted = E.estimate(shape, recipe)
-    assert abs(predicted.peak - measured.peak) / measured.peak <= TOLERANCE
+    assert abs(predicted.peak - measured.peak) / measured.peak <= GPU_TOLERANCE
 
 
 # --- formulas against papers and published configs ------------------------------------------------

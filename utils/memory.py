@@ -31,7 +31,7 @@ import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -48,10 +48,27 @@ def _storage_key(t: torch.Tensor) -> tuple[str, int]:
     return (t.device.type, t.untyped_storage().data_ptr())
 
 
+def to_local(t: torch.Tensor) -> torch.Tensor:
+    """The part of ``t`` that this process holds: ``t.to_local()`` for a ``DTensor``, else ``t`` itself.
+
+    FSDP2 (``fully_shard``) turns parameters, their gradients and optimizer states into DTensors, of which
+    each rank holds one shard (notebook 09).
+    """
+    if torch.distributed.is_available():
+        from torch.distributed.tensor import DTensor
+
+        if isinstance(t, DTensor):
+            return t.to_local()
+    return t
+
+
 def unique_bytes(tensors: Iterable[torch.Tensor]) -> int:
-    """Bytes of the storages behind ``tensors``, each storage counted once (tied weights, views)."""
+    """Bytes of the storages behind ``tensors``, each storage counted once (tied weights, views).
+
+    A ``DTensor`` counts its local shard (:func:`to_local`): under FSDP, what this rank holds.
+    """
     seen: dict[tuple[str, int], int] = {}
-    for t in tensors:
+    for t in map(to_local, tensors):
         seen.setdefault(_storage_key(t), t.untyped_storage().nbytes())
     return sum(seen.values())
 
@@ -97,6 +114,16 @@ def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
     return unique_bytes(
         t for state in optimizer.state.values() for t in state.values() if isinstance(t, torch.Tensor)
     )
+
+
+def quant_constant_bytes(model: nn.Module) -> int:
+    """Bytes of the bitsandbytes quantization constants (absmax, nested absmax, code tables) of the 4-bit layers.
+
+    They live in each layer's ``quant_state``, not in parameters, so FSDP does not shard them: every rank keeps
+    all of them. (:func:`parameter_bytes` counts them with the weights they belong to, while these are still
+    bitsandbytes parameters; FSDP's sharded parameters no longer carry them.)
+    """
+    return unique_bytes(t for module in model.modules() for t in _quant_state_tensors(module))
 
 
 @dataclass
@@ -275,10 +302,11 @@ def _model_device(model: nn.Module) -> torch.device:
 
 def measure_training_step(
     model: nn.Module,
-    batch: dict[str, torch.Tensor] | torch.Tensor,
+    batch: dict[str, torch.Tensor] | torch.Tensor | None = None,
     optimizer: torch.optim.Optimizer | None = None,
     forward: Callable[[nn.Module, Any], Any] | None = None,
     warmup_steps: int = 0,
+    batches: Sequence[dict[str, torch.Tensor] | torch.Tensor] | None = None,
 ) -> StepMemory:
     """Run one training step (forward, backward, optimizer step if given) and measure its memory.
 
@@ -289,43 +317,56 @@ def measure_training_step(
     ``warmup_steps`` unmeasured steps run first: with 1, AdamW already holds its states and the
     measured step is a steady-state one, like every later step of training.
 
+    Gradient accumulation: give ``batches`` (the micro-batches) instead of ``batch``. The step is then a
+    forward and backward pass per micro-batch, each loss divided by their number as the Trainer does,
+    and one optimizer step; ``activations`` is the first micro-batch's saved bytes.
+
     ``peak`` is the model's weights and optimizer states held before the step plus the step's highest
     rise: on CUDA as on the CPU, other tensors on the device are not in it (see ``other_bytes``).
     """
     if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
         raise ValueError(f"warmup_steps must be a non-negative integer, got {warmup_steps!r}.")
+    if (batch is None) == (batches is None):
+        raise ValueError("Give either batch (one forward pass) or batches (micro-batches of one accumulated step).")
+    micro = [batch] if batches is None else list(batches)
+    if not micro:
+        raise ValueError("batches is empty: give at least one micro-batch.")
     forward = forward or (lambda m, b: m(**b) if isinstance(b, dict) else m(b))
     device = _model_device(model)
-    for _ in range(warmup_steps):
-        model.zero_grad(set_to_none=True)
-        _loss(forward(model, batch)).backward()
-        if optimizer is not None:
-            optimizer.step()
-    model.zero_grad(set_to_none=True)
-    if optimizer is not None:
-        optimizer.zero_grad(set_to_none=True)
-    held_before = parameter_bytes(model) + (optimizer_state_bytes(optimizer) if optimizer else 0)
-    saved = SavedTensors()
+    k = len(micro)
 
-    def step() -> None:
-        nonlocal saved
-        with torch.profiler.record_function("phase:forward"), count_saved_tensors(model) as s:
-            loss = _loss(forward(model, batch))
-        saved = s
-        with torch.profiler.record_function("phase:backward"):
-            loss.backward()
+    def step(saved: list[SavedTensors]) -> None:
+        for i, b in enumerate(micro):
+            tag = "" if k == 1 else f" {i + 1}"
+            with torch.profiler.record_function(f"phase:forward{tag}"), count_saved_tensors(model) as s:
+                loss = _loss(forward(model, b))
+                if k > 1:
+                    loss = loss / k
+            saved.append(s)
+            with torch.profiler.record_function(f"phase:backward{tag}"):
+                loss.backward()
+            if k > 1:  # (one batch: its loss lives on through the optimizer step, as in a plain training loop)
+                del loss
         if optimizer is not None:
             with torch.profiler.record_function("phase:optimizer"):
                 optimizer.step()
 
+    for _ in range(warmup_steps):
+        model.zero_grad(set_to_none=True)
+        step([])
+    model.zero_grad(set_to_none=True)
+    if optimizer is not None:
+        optimizer.zero_grad(set_to_none=True)
+    held_before = parameter_bytes(model) + (optimizer_state_bytes(optimizer) if optimizer else 0)
+    saved: list[SavedTensors] = []
     start = time.perf_counter()
-    _, trace = trace_memory(step, device, baseline=held_before)
+    _, trace = trace_memory(lambda: step(saved), device, baseline=held_before)
     seconds = time.perf_counter() - start
     return StepMemory(
         weights=parameter_bytes(model),
         gradients=gradient_bytes(model),
         optimizer_states=optimizer_state_bytes(optimizer) if optimizer else 0,
-        activations=saved.bytes,
+        activations=saved[0].bytes,
         peak=trace.peak,
         seconds=seconds,
         trace=trace,

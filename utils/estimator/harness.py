@@ -165,46 +165,9 @@ def measure_recipe(model, recipe: Recipe, seed: int = 0, steps: int = 2):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e.g. bitsandbytes: paged optimizers fall back to unpaged on the CPU
         optimizer = make_optimizer(model, recipe)
-        if recipe.accumulation_steps == 1:
-            # utils.trace_memory keeps the garbage collector out of the measured step.
-            return measure_training_step(model, batches[0], optimizer, forward=forward, warmup_steps=steps - 1)
-        return _measure_accumulated(model, batches, optimizer, forward, warmup_steps=steps - 1)
-
-
-def _measure_accumulated(model, batches: list[dict], optimizer, forward, warmup_steps: int):
-    """One optimizer step over ``len(batches)`` micro-batches, measured as ``utils.measure_training_step`` does."""
-    import time
-
-    import torch
-
-    from ..memory import (StepMemory, SavedTensors, count_saved_tensors, gradient_bytes, optimizer_state_bytes,
-                          parameter_bytes, trace_memory)
-
-    k = len(batches)
-
-    def step(saved: list) -> None:
-        for i, batch in enumerate(batches):
-            with torch.profiler.record_function(f"phase:forward {i + 1}"), count_saved_tensors(model) as s:
-                loss = forward(model, batch).loss / k
-            saved.append(s)
-            with torch.profiler.record_function(f"phase:backward {i + 1}"):
-                loss.backward()
-            del loss
-        with torch.profiler.record_function("phase:optimizer"):
-            optimizer.step()
-
-    for _ in range(warmup_steps):
-        model.zero_grad(set_to_none=True)
-        step([])
-    model.zero_grad(set_to_none=True)
-    optimizer.zero_grad(set_to_none=True)
-    held_before = parameter_bytes(model) + optimizer_state_bytes(optimizer)
-    saved: list[SavedTensors] = []
-    start = time.perf_counter()
-    _, trace = trace_memory(lambda: step(saved), next(model.parameters()).device, baseline=held_before)
-    return StepMemory(weights=parameter_bytes(model), gradients=gradient_bytes(model),
-                      optimizer_states=optimizer_state_bytes(optimizer), activations=saved[0].bytes,
-                      peak=trace.peak, seconds=time.perf_counter() - start, trace=trace)
+        # utils.trace_memory keeps the garbage collector out of the measured step.
+        return measure_training_step(model, optimizer=optimizer, forward=forward, warmup_steps=steps - 1,
+                                     batches=batches)
 
 
 def measure_offloaded(model, recipe: Recipe, seed: int = 0, min_bytes: int | None = None) -> int:
