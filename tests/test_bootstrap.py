@@ -154,5 +154,8 @@ def test_locally_it_only_makes_utils_importable(cwd):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_every_notebook_has_this_bootstrap_cell(path):
+    """Cell 2 of every notebook is tools/bootstrap_cell.py, as it is (the one place that checks it)."""
     cells = nbformat.read(path, as_version=4).cells
-    assert cells[1].cell_type == "code" and cells[1].source.rstrip("\n") == CELL.read_text().rstrip("\n")
+    assert cells[1].cell_type == "code", f"cell 2 of {path.name} is not the bootstrap code cell"
+    assert cells[1].source.rstrip("\n") == CELL.read_text().rstrip("\n"), \
+        f"cell 2 of {path.name} differs from tools/bootstrap_cell.py: paste the file into it"

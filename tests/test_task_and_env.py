@@ -52,7 +52,6 @@ def test_environment_check_prints_one_line_per_component():
     lines = []
     ok = utils.check_environment(lines.append)
     assert ok, lines
-    assert all(line.startswith(("OK  ", "FAIL")) for line in lines)
     names = [line[5:].split()[0] for line in lines]
     for component in ("torch", "transformers", "peft", "trl", "bitsandbytes", "device"):
         assert component in names
