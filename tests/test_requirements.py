@@ -1,7 +1,9 @@
-"""requirements.txt names every package the notebooks and utils/ import, and keeps the installed torch.
+"""The requirements files name every package the course imports, and requirements.txt keeps the installed torch.
 
 A learner on Colab, or anyone running ``pip install -r requirements.txt`` in a fresh environment, gets
-only this file: an import missing from it is a notebook that fails there and nowhere else.
+only requirements.txt: an import missing from it is a notebook that fails there and nowhere else. So it must
+cover the notebooks, the scripts they launch (``notebooks/**/*.py``) and ``utils/``, every folder down.
+Maintainers' tools (``tools/``) and the tests run from requirements-dev.txt (which includes requirements.txt).
 """
 from __future__ import annotations
 
@@ -17,75 +19,103 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parent.parent
-LOCAL = {"utils"}  # the course's own package
 PINNED_LIBRARIES = ("transformers", "peft", "trl", "bitsandbytes", "datasets", "accelerate")
+# Each requirements file and the folders whose imports it must cover; every *.py and *.ipynb under them counts.
+SCANNED = {
+    "requirements.txt": ("notebooks", "utils"),
+    "requirements-dev.txt": ("tools", "tests"),
+}
 
 
-def requirements() -> dict[str, Requirement]:
-    lines = (ROOT / "requirements.txt").read_text().splitlines()
-    reqs = [Requirement(line.split("#", 1)[0].strip()) for line in lines if line.split("#", 1)[0].strip()]
-    return {canonicalize_name(r.name): r for r in reqs}
+def requirements(name: str = "requirements.txt") -> dict[str, Requirement]:
+    """{canonical name: requirement} of a requirements file, following its ``-r other-file`` lines."""
+    found: dict[str, Requirement] = {}
+    for line in (ROOT / name).read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line.startswith(("-r ", "--requirement ")):
+            found.update(requirements(line.split(None, 1)[1]))
+        elif line:
+            req = Requirement(line)
+            found[canonicalize_name(req.name)] = req
+    return found
 
 
-def python_sources() -> dict[str, str]:
-    """{where: Python source} for every notebook code cell (IPython magics turned into Python) and utils/*.py."""
+def python_sources(folders: tuple[str, ...]) -> dict[str, str]:
+    """{where: Python source} for every *.py file and notebook code cell (IPython magics turned into Python)
+    under ``folders``, at any depth."""
     from IPython.core.inputtransformer2 import TransformerManager
 
     to_python = TransformerManager().transform_cell
     sources = {}
-    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
-        for i, cell in enumerate(nbformat.read(path, as_version=4).cells):
-            if cell.cell_type == "code":
-                sources[f"{path.relative_to(ROOT)} cell {i + 1}"] = to_python(cell.source)
-    for path in sorted((ROOT / "utils").glob("*.py")):
-        sources[str(path.relative_to(ROOT))] = path.read_text()
+    for folder in folders:
+        for path in sorted((ROOT / folder).rglob("*.ipynb")):
+            if ".ipynb_checkpoints" in path.parts or "outputs" in path.relative_to(ROOT).parts:
+                continue
+            for i, cell in enumerate(nbformat.read(path, as_version=4).cells):
+                if cell.cell_type == "code":
+                    sources[f"{path.relative_to(ROOT)} cell {i + 1}"] = to_python(cell.source)
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            if "outputs" not in path.relative_to(ROOT).parts:
+                sources[str(path.relative_to(ROOT))] = path.read_text()
     return sources
 
 
-def imported_modules() -> dict[str, str]:
-    """{top-level module: first place importing it}, third-party only.
+def is_local(top: str, where: str) -> bool:
+    """The course's own code: a package of the repository (utils, tools) or a module beside the importer."""
+    beside = (ROOT / where.split(" cell ", 1)[0]).parent
+    return (ROOT / top / "__init__.py").is_file() or (ROOT / top).is_dir() or (beside / f"{top}.py").is_file()
+
+
+def imported_modules(folders: tuple[str, ...]) -> dict[str, str]:
+    """{top-level module: first place importing it}, third-party only, for the sources under ``folders``.
 
     Every ``import`` statement counts, also inside functions; so do the names in ``utils/env.py``'s
     ``STACK``, which the environment check imports by name.
     """
     found: dict[str, str] = {}
-    for where, source in python_sources().items():
+    for where, source in python_sources(folders).items():
         tree = ast.parse(source, filename=where)
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 names = [node.module]
-            elif (isinstance(node, ast.Assign) and where.endswith("env.py")
+            elif (isinstance(node, ast.Assign) and where == "utils/env.py"
                   and any(getattr(t, "id", None) == "STACK" for t in node.targets)):
                 names = list(ast.literal_eval(node.value))
             else:
                 continue
             for name in names:
                 top = name.split(".")[0]
-                if top not in sys.stdlib_module_names and top not in LOCAL:
+                if top not in sys.stdlib_module_names and not is_local(top, where):
                     found.setdefault(top, where)
     return found
 
 
 def test_the_scan_sees_the_course():
-    modules = imported_modules()
-    assert {"torch", "transformers", "peft", "trl", "bitsandbytes", "matplotlib", "accelerate"} <= set(modules)
-    assert not {"os", "json", "utils"} & set(modules)
+    course, dev = imported_modules(SCANNED["requirements.txt"]), imported_modules(SCANNED["requirements-dev.txt"])
+    assert {"torch", "transformers", "peft", "trl", "bitsandbytes", "matplotlib", "accelerate"} <= set(course)
+    assert not {"os", "json", "utils", "tools", "test_jupyterlab"} & (set(course) | set(dev))
+    assert {"pytest", "nbformat", "nbclient"} <= set(dev)
+    # every folder down: the estimator's modules, the maintainers' tools
+    places = set(python_sources(SCANNED["requirements.txt"])) | set(python_sources(SCANNED["requirements-dev.txt"]))
+    assert {"utils/estimator/estimate.py", "tools/gpu_check.py", "tests/conftest.py"} <= places
+    assert any(p.startswith("notebooks/00_setup.ipynb cell ") for p in places)
 
 
-def test_every_imported_package_is_in_requirements():
+@pytest.mark.parametrize("file", SCANNED)
+def test_every_imported_package_is_in_requirements(file):
     distributions = metadata.packages_distributions()  # import name -> the PyPI distributions that provide it
-    listed = requirements()
+    listed = requirements(file)
     missing = []
-    for module, where in sorted(imported_modules().items()):
+    for module, where in sorted(imported_modules(SCANNED[file]).items()):
         names = distributions.get(module)
         if not names:
             missing.append(f"{module} (imported by {where}) is not installed here: install it and add its "
-                           "PyPI name to requirements.txt")
+                           f"PyPI name to {file}")
         elif not any(canonicalize_name(n) in listed for n in names):
             missing.append(f"{names[0]} (import {module}, in {where})")
-    assert not missing, "requirements.txt lacks: " + "; ".join(missing)
+    assert not missing, f"{file} lacks: " + "; ".join(missing)
 
 
 def torch_minimum(distribution: str) -> Version | None:
