@@ -53,7 +53,6 @@ def build_model(shape: ModelShape, recipe: Recipe, seed: int = 0, device: str | 
     from ..loading import keep_4bit_layers_trainable
 
     device = device or recipe.device
-    full = recipe.method == "full"
     dtype = torch.float32 if recipe.weight_itemsize == 4 else _half(device)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(llama_config(shape)).to(dtype)

@@ -106,16 +106,16 @@ def peak_moments(shape: ModelShape, recipe: Recipe, params: list[Param] | None =
         tag = ", later micro-batch" if later else ""
         out = {f"{name}{tag}": _moment(W, S, G if later else 0, resident + head_back + kept, temps)
                for name, temps in loss.items()}
-        for l in sorted({shape.layers - 1, 0}, reverse=True):
-            layer = ledger.layers[l]
+        for index in sorted({shape.layers - 1, 0}, reverse=True):
+            layer = ledger.layers[index]
             if recipe.checkpointing:
-                below = sum(ledger.layers[j].input.nbytes for j in range(l))
+                below = sum(ledger.layers[j].input.nbytes for j in range(index))
                 here = layer.input.nbytes + layer.saved.bytes - (layer.input.nbytes if layer.input in layer.saved else 0)
             else:
-                below = sum(ledger.layers[j].saved.bytes for j in range(l))
+                below = sum(ledger.layers[j].saved.bytes for j in range(index))
                 here = layer.saved.bytes
-            fresh = _down_gradient_bytes(params, l)  # down_proj's new gradients, just computed
-            grads = G if later else other_grads + sum(layer_grads[l + 1:]) + fresh
+            fresh = _down_gradient_bytes(params, index)  # down_proj's new gradients, just computed
+            grads = G if later else other_grads + sum(layer_grads[index + 1:]) + fresh
             mlp = n * shape.intermediate * layer.mlp_itemsize
             # down_proj's backward: its LoRA branch runs first (its saved input freed, its input gradient
             # kept), else what the base saved is still held; then the base's input gradient, from the
@@ -128,7 +128,7 @@ def peak_moments(shape: ModelShape, recipe: Recipe, params: list[Param] | None =
                 acts = resident + rope + here - layer.down_only
             else:
                 acts = ids + rope + below + here - layer.down_only
-            out[f"MLP backward, layer {l + 1} of {shape.layers}{tag}"] = _moment(W, S, grads, acts, transient)
+            out[f"MLP backward, layer {index + 1} of {shape.layers}{tag}"] = _moment(W, S, grads, acts, transient)
         return out
 
     moments = backward_moments(later=False)
