@@ -148,6 +148,50 @@ def test_int8_row_scales_are_counted_before_and_after_the_first_forward():
     assert m.parameter_bytes(q) == expected
 
 
+@pytest.fixture
+def one_rank_group():
+    """A gloo process group of one rank (this process) and its device mesh, torn down after the test."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    if dist.is_initialized():
+        pytest.fail("a process group is already initialized in this process")
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        yield init_device_mesh("cpu", (1,))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_dtensor_counts_its_local_shard(one_rank_group):
+    from torch.distributed.tensor import DTensor, Shard
+
+    # What rank 0 of two holds of a [2 * H, D] weight split by rows (FSDP2's Shard(0)): the first H rows.
+    local = torch.randn(H, D)
+    weight = DTensor.from_local(local, one_rank_group, [Shard(0)], run_check=False, shape=(2 * H, D),
+                                stride=(D, 1))
+    assert weight.shape == (2 * H, D) and m.tensor_bytes(weight) == 4 * 2 * H * D  # the global tensor
+    assert m.to_local(weight) is not weight and m.to_local(local) is local
+    assert m.unique_bytes([weight]) == 4 * H * D  # the shard this rank holds
+    assert m.unique_bytes([weight, local]) == 4 * H * D  # the same storage, counted once
+    layer = nn.Linear(D, 2 * H, bias=False)
+    layer.weight = nn.Parameter(weight)
+    layer.weight.grad = DTensor.from_local(torch.zeros(H, D), one_rank_group, [Shard(0)], run_check=False,
+                                           shape=(2 * H, D), stride=(D, 1))
+    assert m.parameter_bytes(layer) == m.gradient_bytes(layer) == 4 * H * D
+
+
+def test_quant_constants_of_4bit_layers():
+    import bitsandbytes as bnb
+
+    assert m.quant_constant_bytes(mlp()) == 0
+    torch.manual_seed(0)
+    q = bnb.nn.Linear4bit(64, 32, bias=False, compress_statistics=True, quant_type="nf4").to("cpu")
+    constants = m.quant_constant_bytes(q)
+    # found on the layer's quant_state; parameter_bytes finds the same tensors on the weight's
+    assert constants > 0 and constants == m.parameter_bytes(q) - m.unique_bytes(q.parameters())
+    assert m.unique_bytes(q.parameters()) == 64 * 32 // 2  # two 4-bit values per byte
+
 # ---- CUDA: the rule for what a peak counts, checked against a stand-in for torch.cuda's statistics ----
 
 class FakeCudaAllocator:

@@ -1,86 +1,74 @@
-"""utils.sharding: per-rank arithmetic by ZeRO stage, local-shard byte counts, and launching ranks with torchrun."""
+"""Sharding for notebook 09: the per-rank arithmetic by ZeRO stage (``utils.estimator``), FSDP2 shards counted by
+``utils.memory`` on real ranks, and launching ranks with torchrun (``utils.launch``)."""
 import re
-import textwrap
 
 import pytest
-import torch
-from torch import nn
 
-from utils import Recipe, estimate, unique_bytes
-from utils import sharding
-from utils.estimator import ModelShape, common_shapes
+from utils import launch
+from utils import estimator as E
 
-SMALL = ModelShape(layers=4, hidden=64, intermediate=160, heads=4, kv_heads=2, vocab=128, tied_embeddings=True)
+SMALL = E.ModelShape(layers=4, hidden=64, intermediate=160, heads=4, kv_heads=2, vocab=128, tied_embeddings=True)
 
 
 def test_per_rank_static_divides_by_stage():
     w, g, s = 100, 100, 200
-    assert sharding.per_rank_static(w, g, s, 4, 0) == {"weights": 100, "gradients": 100, "optimizer states": 200}
-    assert sharding.per_rank_static(w, g, s, 4, 1) == {"weights": 100, "gradients": 100, "optimizer states": 50}
-    assert sharding.per_rank_static(w, g, s, 4, 2) == {"weights": 100, "gradients": 25, "optimizer states": 50}
-    assert sharding.per_rank_static(w, g, s, 4, 3) == {"weights": 25, "gradients": 25, "optimizer states": 50}
+    assert E.per_rank_static(w, g, s, 4, 0) == {"weights": 100, "gradients": 100, "optimizer states": 200}
+    assert E.per_rank_static(w, g, s, 4, 1) == {"weights": 100, "gradients": 100, "optimizer states": 50}
+    assert E.per_rank_static(w, g, s, 4, 2) == {"weights": 100, "gradients": 25, "optimizer states": 50}
+    assert E.per_rank_static(w, g, s, 4, 3) == {"weights": 25, "gradients": 25, "optimizer states": 50}
 
 
 @pytest.mark.parametrize("world, stage", [(0, 3), (2.0, 3), (True, 3), (2, 4), (2, -1)])
 def test_bad_world_or_stage_is_refused(world, stage):
     with pytest.raises(ValueError, match="world|stage"):
-        sharding.per_rank_static(1, 1, 1, world, stage)
+        E.per_rank_static(1, 1, 1, world, stage)
 
 
 def test_one_gpu_without_sharding_is_the_estimate():
-    recipe = Recipe(method="full", precision="fp32", seq_len=32, device="cpu")
-    one = estimate(SMALL, recipe)
+    recipe = E.Recipe(method="full", precision="fp32", seq_len=32, device="cpu")
+    one = E.estimate(SMALL, recipe)
     for stage in (0, 3):
-        est = sharding.sharded_estimate(SMALL, recipe, world=1, stage=stage)
+        est = E.sharded_estimate(SMALL, recipe, world=1, stage=stage)
         assert est.gathered == 0
         assert est.per_gpu == one.total
 
 
 def test_stage_3_gathers_two_layers_and_the_root():
-    recipe = Recipe(method="full", precision="fp32", seq_len=32, device="cpu")
-    h, i, q, kv = SMALL.hidden, SMALL.intermediate, SMALL.heads * SMALL.d, SMALL.kv_heads * SMALL.d
+    recipe = E.Recipe(method="full", precision="fp32", seq_len=32, device="cpu")
+    h, i, q, kv = SMALL.hidden, SMALL.intermediate, SMALL.heads * SMALL.head_dim, SMALL.kv_heads * SMALL.head_dim
     layer = 4 * (2 * h * q + 2 * h * kv + 3 * h * i + 2 * h)  # seven fp32 matrices and two norms
     root = 4 * (SMALL.vocab * h + h)  # tied embedding and the final norm
-    est = sharding.sharded_estimate(SMALL, recipe, world=2, stage=3)
+    est = E.sharded_estimate(SMALL, recipe, world=2, stage=3)
     assert est.gathered == 2 * layer + root
-    one = estimate(SMALL, recipe)
+    one = E.estimate(SMALL, recipe)
     assert est.weights == one.peak_parts["weights"] / 2
 
 
 def test_offload_moves_the_shards_to_cpu_ram():
-    shape = common_shapes()["Llama-2-70B"]
-    recipe = Recipe(method="qlora", precision="mixed", lora_r=8, lora_targets="all-linear", optimizer="adamw_fused",
-                    checkpointing=True, batch_size=2, seq_len=2048, device="cuda")
-    kept = sharding.sharded_estimate(shape, recipe, world=2, stage=3)
-    offloaded = sharding.sharded_estimate(shape, recipe, world=2, stage=3, offload=True)
+    shape = E.common_shapes()["Llama-2-70B"]
+    recipe = E.Recipe(method="qlora", precision="mixed", lora_r=8, lora_targets="all-linear", optimizer="adamw_fused",
+                      checkpointing=True, batch_size=2, seq_len=2048, device="cuda")
+    kept = E.sharded_estimate(shape, recipe, world=2, stage=3)
+    offloaded = E.sharded_estimate(shape, recipe, world=2, stage=3, offload=True)
     shards = kept.weights + kept.gradients + kept.optimizer_states
     assert kept.per_gpu - offloaded.per_gpu == pytest.approx(shards)
     assert offloaded.cpu_ram == pytest.approx(2 * shards)
-    per_world = [sharding.sharded_estimate(shape, recipe, world=w, stage=3).per_gpu for w in (2, 4, 8)]
+    per_world = [E.sharded_estimate(shape, recipe, world=w, stage=3).per_gpu for w in (2, 4, 8)]
     assert per_world == sorted(per_world, reverse=True)
     with pytest.raises(ValueError, match="stage=3"):
-        sharding.sharded_estimate(shape, recipe, world=2, stage=2, offload=True)
+        E.sharded_estimate(shape, recipe, world=2, stage=2, offload=True)
 
 
-def test_with_layers_reads_mappings_and_transformers_configs():
+def test_a_transformers_config_gives_the_estimate_of_its_shape():
     from transformers import LlamaConfig
 
     cfg = LlamaConfig(num_hidden_layers=3, hidden_size=64, intermediate_size=128, num_attention_heads=4,
                       num_key_value_heads=2, vocab_size=100)
-    assert sharding._with_layers(cfg, 2).num_hidden_layers == 2 and cfg.num_hidden_layers == 3
-    assert sharding._with_layers({"num_hidden_layers": 3}, 2) == {"num_hidden_layers": 2}
-    assert sharding._with_layers(SMALL, 1).layers == 1
-    with pytest.raises(TypeError):
-        sharding._with_layers(object(), 1)
-
-
-def test_local_bytes_of_plain_tensors_and_models():
-    model = nn.Sequential(nn.Linear(8, 4), nn.Linear(4, 2))
-    assert sharding.local_parameter_bytes(model) == unique_bytes(model.parameters()) == 4 * (8 * 4 + 4 + 4 * 2 + 2)
-    model[0].weight.requires_grad_(False)
-    assert sharding.local_parameter_bytes(model, trainable_only=True) == 4 * (4 + 4 * 2 + 2)
-    assert sharding.local_gradient_bytes(model) == 0
-    assert sharding.quant_constant_bytes(model) == 0
+    recipe = E.Recipe(method="full", precision="fp32", seq_len=32, device="cpu")
+    assert E.sharded_estimate(cfg, recipe, world=2) == E.sharded_estimate(E.shape_from_config(cfg), recipe, world=2)
+    assert cfg.num_hidden_layers == 3  # the layer count read, not changed
+    with pytest.raises(ValueError, match="2 layers or more"):
+        E.sharded_estimate(E.shape_from_config({**cfg.to_dict(), "num_hidden_layers": 1}), recipe, world=2)
 
 
 RANK_SCRIPT = """
@@ -93,18 +81,18 @@ from torch.distributed.fsdp import fully_shard
 @record
 def main():
     sys.path.insert(0, {root!r})
-    from utils import sharding
+    import utils
     dist.init_process_group("gloo", timeout=timedelta(seconds=30))
     if dist.get_rank() == {fail!r}:
         raise ValueError("deliberate failure on this rank")
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.Linear(32, 8))
-    full = sharding.local_parameter_bytes(model)
+    full = utils.parameter_bytes(model)
     for layer in model:
         fully_shard(layer)
     fully_shard(model)
     model(torch.randn(4, 16)).sum().backward()
-    print(f"RANK {{dist.get_rank()}} {{full}} {{sharding.local_parameter_bytes(model)}} {{sharding.local_gradient_bytes(model)}}")
+    print(f"RANK {{dist.get_rank()}} {{full}} {{utils.parameter_bytes(model)}} {{utils.gradient_bytes(model)}}")
     dist.destroy_process_group()
 
 main()
@@ -120,7 +108,7 @@ def _script(tmp_path, fail=None):
 
 
 def test_torchrun_shards_a_model_over_two_ranks(tmp_path):
-    out = sharding.torchrun(_script(tmp_path), 2, timeout=240)
+    out = launch.torchrun(_script(tmp_path), 2, timeout=240)
     # the two ranks share one stdout: their lines may interleave, so find the reports anywhere in it
     lines = sorted(re.findall(r"RANK (\d+) (\d+) (\d+) (\d+)", out))
     assert [line[0] for line in lines] == ["0", "1"], out
@@ -130,12 +118,12 @@ def test_torchrun_shards_a_model_over_two_ranks(tmp_path):
 
 def test_torchrun_reports_the_failing_rank(tmp_path, capsys):
     script = _script(tmp_path, fail=1)
-    with pytest.raises(sharding.RankFailure, match="deliberate failure on this rank") as err:
-        sharding.torchrun(script, 2, timeout=240)
+    with pytest.raises(launch.RankFailure, match="deliberate failure on this rank") as err:
+        launch.torchrun(script, 2, timeout=240)
     assert "rank      : 1" in str(err.value)
     # a Python exception is the script's own error: raised at once, never relaunched
-    assert not isinstance(err.value, sharding.RankKilled) and "launching again" not in capsys.readouterr().err
-    assert sharding.leftover_processes(str(script)) == []
+    assert not isinstance(err.value, launch.RankKilled) and "launching again" not in capsys.readouterr().err
+    assert launch.leftover_processes(str(script)) == []
 
 
 ABORT_SCRIPT = """import os, sys
@@ -154,36 +142,36 @@ def test_torchrun_relaunches_once_and_shows_what_a_rank_killed_by_a_signal_wrote
     # "Signal 6 (SIGABRT)", so the rank's own last lines must come with the error, after one relaunch.
     script = tmp_path / "abort.py"
     script.write_text(ABORT_SCRIPT.format(marker=str(tmp_path / "aborted"), every_time=True))
-    with pytest.raises(sharding.RankKilled) as err:
-        sharding.torchrun(script, 2, timeout=120)
+    with pytest.raises(launch.RankKilled) as err:
+        launch.torchrun(script, 2, timeout=120)
     message = str(err.value)
     assert "SIGABRT" in message and "local_rank: 1" in message
     assert "--- its stderr (last lines) ---\nrank 1: the last words before the abort" in message
     assert capsys.readouterr().err.count("abort.py on 2 ranks: rank 1 was killed by SIGABRT; launching again (1 of 1)") == 1
-    assert sharding.leftover_processes(str(script)) == []
+    assert launch.leftover_processes(str(script)) == []
 
 
 def test_torchrun_relaunch_recovers_from_one_killed_rank(tmp_path, capsys):
     script = tmp_path / "abort_once.py"
     script.write_text(ABORT_SCRIPT.format(marker=str(tmp_path / "aborted"), every_time=False))
-    out = sharding.torchrun(script, 2, timeout=120)
+    out = launch.torchrun(script, 2, timeout=120)
     assert "rank 0 finished" in out and "rank 1 finished" in out
     assert "rank 1 was killed by SIGABRT; launching again (1 of 1)" in capsys.readouterr().err
-    with pytest.raises(sharding.RankKilled):  # no relaunch asked for: the first abort raises
+    with pytest.raises(launch.RankKilled):  # no relaunch asked for: the first abort raises
         (tmp_path / "aborted").unlink()
-        sharding.torchrun(script, 2, timeout=120, relaunch_on_signal=0)
+        launch.torchrun(script, 2, timeout=120, relaunch_on_signal=0)
 
 
 def test_torchrun_kills_a_launch_past_its_timeout(tmp_path):
     script = tmp_path / "hang.py"
     script.write_text("import time\nprint('started', flush=True)\ntime.sleep(600)\n")
-    with pytest.raises(sharding.RankFailure, match="did not finish within 20 s"):
-        sharding.torchrun(script, 1, timeout=20)
-    assert sharding.leftover_processes(str(script)) == []
+    with pytest.raises(launch.RankFailure, match="did not finish within 20 s"):
+        launch.torchrun(script, 1, timeout=20)
+    assert launch.leftover_processes(str(script)) == []
 
 
 def test_torchrun_refuses_bad_input(tmp_path):
     with pytest.raises(FileNotFoundError):
-        sharding.torchrun(tmp_path / "missing.py", 2)
+        launch.torchrun(tmp_path / "missing.py", 2)
     with pytest.raises(ValueError):
-        sharding.torchrun(_script(tmp_path), 0)
+        launch.torchrun(_script(tmp_path), 0)

@@ -7,6 +7,7 @@ The lessons themselves live in the notebooks; this package only keeps what sever
 from .device import compute_dtype, dtype_from_name, get_device, mixed_precision_flags, supports_bf16
 from .env import check_environment, quiet, seed_everything
 from .exercises import check_answer, check_function
+from .launch import RankFailure, leftover_processes, torchrun
 from .layers import decoder_layers, linear_layers, linear_shape, weight_matrix
 from .loading import BUNDLED_MODEL, heldout_text, load_model, load_task_dataset, model_name, nf4_config
 from .memory import (
@@ -19,6 +20,7 @@ from .memory import (
     measure_training_step,
     optimizer_state_bytes,
     parameter_bytes,
+    quant_constant_bytes,
     tensor_bytes,
     trace_memory,
     unique_bytes,
@@ -27,10 +29,10 @@ from .plots import plot_loss, plot_memory_breakdown, plot_memory_timeline
 from .task import exact_match, generate, perplexity, score
 
 __all__ = [
-    "BUNDLED_MODEL", "MiB", "MemoryTrace", "StepMemory", "check_answer", "check_environment", "check_function", "compute_dtype",
+    "BUNDLED_MODEL", "MiB", "MemoryTrace", "RankFailure", "StepMemory", "check_answer", "check_environment", "check_function", "compute_dtype",
     "count_saved_tensors", "decoder_layers", "dtype_from_name", "exact_match", "format_bytes", "generate", "get_device",
-    "gradient_bytes", "heldout_text", "linear_layers", "linear_shape", "load_model", "load_task_dataset", "measure_training_step",
+    "gradient_bytes", "heldout_text", "leftover_processes", "linear_layers", "linear_shape", "load_model", "load_task_dataset", "measure_training_step",
     "mixed_precision_flags", "model_name", "nf4_config", "optimizer_state_bytes", "parameter_bytes", "perplexity", "plot_loss",
-    "plot_memory_breakdown", "plot_memory_timeline", "quiet", "score", "seed_everything",
-    "supports_bf16", "tensor_bytes", "trace_memory", "unique_bytes", "weight_matrix",
+    "plot_memory_breakdown", "plot_memory_timeline", "quant_constant_bytes", "quiet", "score", "seed_everything",
+    "supports_bf16", "tensor_bytes", "torchrun", "trace_memory", "unique_bytes", "weight_matrix",
 ]
