@@ -4,8 +4,8 @@ import re
 
 import pytest
 
-from utils import launch
 from utils import estimator as E
+from utils import launch
 
 SMALL = E.ModelShape(layers=4, hidden=64, intermediate=160, heads=4, kv_heads=2, vocab=128, tied_embeddings=True)
 
