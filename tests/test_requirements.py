@@ -61,9 +61,11 @@ def python_sources(folders: tuple[str, ...]) -> dict[str, str]:
 
 
 def is_local(top: str, where: str) -> bool:
-    """The course's own code: a package of the repository (utils, tools) or a module beside the importer."""
+    """The course's own code: a package of the repository (utils, tools), a module beside the importer, or a
+    script of ``notebooks/scripts/`` (notebook 09 imports the ``fsdp_step.py`` it launches)."""
     beside = (ROOT / where.split(" cell ", 1)[0]).parent
-    return (ROOT / top / "__init__.py").is_file() or (ROOT / top).is_dir() or (beside / f"{top}.py").is_file()
+    return ((ROOT / top / "__init__.py").is_file() or (ROOT / top).is_dir() or (beside / f"{top}.py").is_file()
+            or (ROOT / "notebooks" / "scripts" / f"{top}.py").is_file())
 
 
 def imported_modules(folders: tuple[str, ...]) -> dict[str, str]:
