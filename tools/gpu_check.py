@@ -1,38 +1,54 @@
-"""The course on a CUDA GPU, in one run: every notebook, two models, and directly measured training steps.
+"""The course on a CUDA GPU, in one run of at most 8 minutes: measured training steps beside the estimator's
+prediction, then as many notebooks as the time budget holds, on two models.
 
-    python tools/gpu_check.py [--output gpu_check.json] [--notebooks 00 05_lora ...] [--timeout 300] ...
+    python tools/gpu_check.py [--budget-s 450] [--dtype auto|bf16|fp16] [--notebooks 06 05_lora ...] ...
     python tools/gpu_check.py --dry-run      # no GPU: the same code path on the CPU, small
 
 What it does, in this order, writing everything it has found to one JSON file after each step (so a run
-stopped at its time limit still leaves its results):
+stopped from outside still leaves its results):
 
-1. The machine: the device's name and compute capability, torch, CUDA and the course's libraries' versions.
+1. The machine: the device's name and compute capability, torch, CUDA and the course's libraries' versions,
+   and which of the packages the check uses import (a missing one skips what needs it, with the reason).
 2. The models: the bundled ``data/kjv-llama`` and a Llama-architecture model of about 125M parameters built
    from its config with the bundled tokenizer and random weights (a GPU machine may have no internet, so no
    hub model is assumed). ``--dry-run`` builds a tiny one instead.
-3. Direct measurement with ``utils.measure_training_step`` on each model: full fine-tune (fp32), LoRA on an
-   fp32 base, QLoRA (NF4 + double quantization) and QLoRA with gradient checkpointing, the set-ups of
-   notebook 06. For each: the step's weights, gradients, optimizer states, activations and peak as
-   ``utils`` reports them, the allocator's own ``torch.cuda.max_memory_allocated`` over the warm-up and
-   measured step (reset after loading), what was allocated before loading and what utils counted as not
-   the measured model's (``MemoryTrace.other_bytes``: other models left on the
-   device), the median time of unprofiled steps and the loss (it must be finite).
-4. Every notebook (``notebooks/NN_*.ipynb``) executed with nbclient on each model (``COURSE_MODEL`` set
-   for the kernel), each in a copy folder of its own, so that committed notebooks and their
-   ``notebooks/outputs/`` are never written. A cell appended to the copy reads the kernel's CUDA peak.
-   Recorded: passed or not, wall time, the first lines of the error, the slowest cells, the CUDA peak.
+3. Measured steps on each model, the four set-ups of notebook 06: full fine-tune (fp32), LoRA on an fp32 base,
+   QLoRA (NF4 + double quantization, base and compute in ``--dtype``) and QLoRA with gradient checkpointing.
+   Each set-up is a ``utils.estimator.Recipe``: the model is loaded with ``utils.load_model``, prepared with
+   ``E.prepare_for_training`` and measured with ``E.measure_recipe`` (weights, gradients, optimizer states,
+   activations, peak), and beside the measurement stands ``E.estimate(shape, recipe)`` for the same device
+   (``"cuda"``; ``"cpu"`` in a dry run) with the relative error of each part. Then a few timed steps on
+   held-out text (median step time, the loss, which must be finite); in fp16 they run with a gradient scaler
+   (``torch.amp.GradScaler``), as the Trainer does with ``fp16=True``. On CUDA also: the allocator's
+   ``max_memory_allocated`` over the measurement, what was allocated before loading and what utils counted as
+   not the measured model's (``MemoryTrace.other_bytes``).
+4. Notebooks (``notebooks/NN_*.ipynb``), executed with nbclient (``COURSE_MODEL`` set for the kernel, and
+   ``COURSE_DTYPE`` when ``--dtype`` is not auto), each in a copy folder of its own so that committed notebooks
+   and their ``notebooks/outputs/`` are never written; a cell appended to the copy reads the kernel's CUDA
+   peak. All of them on the bundled model first, in the order of ``PRIORITY`` (what only a GPU shows first),
+   then on the built model, ``--jobs`` at a time, while the budget lasts: a notebook is not started with less
+   than ``MIN_START_S`` left (skipped, with the reason), and one still running when the budget ends is stopped
+   (skipped, not failed). ``--timeout`` stops one notebook (failed). A notebook that imports a package that is
+   missing here (``trl``, ``datasets``, ``bitsandbytes``) is skipped, naming it.
 
-Exit status: 0 when every measurement and notebook passed, 1 when one failed or was skipped for time,
-2 when the check cannot run here (no CUDA without ``--dry-run``, a missing package, a filter matching no
-notebook). Needs the packages of ``requirements-dev.txt`` (nbclient and ipykernel come with them).
+``--dtype fp16`` runs the QLoRA steps in fp16 with the gradient scaler and, unless ``--notebooks`` says
+otherwise, notebook 06 only, with ``COURSE_DTYPE=fp16``: the path of a T4 (no native bf16) on any GPU.
+
+Exit status: 0 when nothing failed (skipped steps and notebooks are listed, with their reasons), 1 when a
+measurement or a notebook failed, 2 when the check cannot run here (no CUDA without ``--dry-run``, torch or
+transformers missing, a filter matching no notebook, bf16 asked of a GPU without it).
+
+On an offline GPU machine, install the wheel kit first (``bash tools/gpu_kit.sh`` prepares it and prints the
+install line), then run this file with ``python3`` directly (``course.sh`` would try to set up a venv).
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import datetime as dt
+import gc
 import importlib
-import importlib.util
 import json
 import os
 import platform
@@ -46,18 +62,33 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+STARTED = time.monotonic()  # the budget counts from here
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
-SCHEMA = 1
+SCHEMA = 2
 SETUPS = ("full fp32", "LoRA (fp32 base)", "QLoRA", "QLoRA + checkpointing")
-NEEDED = ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "accelerate",
-          "nbformat", "nbclient", "ipykernel", "matplotlib")
+REQUIRED = ("torch", "transformers", "peft", "accelerate", "safetensors")  # without these nothing runs
+OPTIONAL = ("bitsandbytes", "trl", "datasets", "matplotlib", "nbformat", "nbclient", "ipykernel")
+RUNNER = ("nbformat", "nbclient", "ipykernel")  # executing notebooks needs all three
 VERSIONS = ("torch", "transformers", "peft", "trl", "bitsandbytes", "accelerate", "datasets", "nbclient")
+# Notebooks on each model in this order: what only a GPU shows first (bitsandbytes' CUDA kernels, the Trainer in
+# 16-bit, the estimator against the CUDA allocator), the CPU-bound ones (09: FSDP on CPU ranks) last.
+PRIORITY = ("06", "04", "08", "05", "07", "10", "01", "02", "03", "00", "09")
+MIN_START_S = 30  # a notebook started with less time left would only be stopped (a dry run: 5 s)
+# What a notebook's code shows it needs, beyond torch and transformers: an import, or a utils helper that imports
+# the package (utils.quiet imports datasets; utils.sft_config trl; utils.nf4_config builds a bitsandbytes config).
+NEEDS = {
+    "datasets": (r"^\s*(from|import)\s+datasets\b", r"\butils\.(quiet|load_task_dataset)\("),
+    "trl": (r"^\s*(from|import)\s+trl\b", r"\butils\.sft_config\("),
+    "bitsandbytes": (r"^\s*(from|import)\s+bitsandbytes\b", r"\butils\.nf4_config\(", r"\bBitsAndBytesConfig\b"),
+    "matplotlib": (r"^\s*(from|import)\s+matplotlib\b", r"\butils\.plot_"),
+}
 # Built models: hidden, layers, heads, intermediate. With the bundled tokenizer's small vocabulary the
 # ~125M parameters sit in the blocks (GPT-Neo-125M has the same width and depth but 39M of its 125M in
 # a 50k-token embedding).
 BUILT = {"llama-125m": (768, 12, 12, 3456), "llama-tiny": (64, 2, 4, 128)}
-LORA_R, LORA_ALPHA = 8, 16
+LORA_R = 8  # lora_alpha = 2 * r, as utils.estimator.prepare_for_training sets it (notebook 06: 16)
+PARTS = ("weights", "gradients", "optimizer_states", "activations", "peak")
 STATS_MARK = "GPU_CHECK_STATS "
 STATS_CELL = f"""import json as _json, torch as _torch
 _cuda = _torch.cuda.is_available()
@@ -74,24 +105,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dry-run", action="store_true",
                    help="no GPU needed: CPU, notebook 00 on the bundled model, a tiny built model, small batches")
     p.add_argument("--output", default="gpu_check.json", help="the JSON file to write (default: %(default)s)")
+    p.add_argument("--budget-s", type=float, default=450,
+                   help="the whole run's wall time, from start: measured steps first, then notebooks while it "
+                        "lasts (default: %(default)s, which ends within 8 minutes with the kernels' shutdown)")
+    p.add_argument("--dtype", choices=("auto", "bf16", "fp16"), default="auto",
+                   help="the 16-bit dtype of the QLoRA steps and the notebooks (COURSE_DTYPE): auto is the "
+                        "GPU's own (bf16 from compute capability 8.0, else fp16); fp16 adds the gradient scaler "
+                        "and runs notebook 06 only, unless --notebooks names others (default: %(default)s)")
     p.add_argument("--notebooks", nargs="+", metavar="NN_OR_STEM",
-                   help="only the notebooks whose name starts with one of these (e.g. 00 05_lora); default all, "
-                        "00 in a dry run")
+                   help="only the notebooks whose name starts with one of these (e.g. 00 05_lora); default all "
+                        "(06 with --dtype bf16/fp16, 00 in a dry run)")
     p.add_argument("--models", nargs="+", choices=("bundled", "built"),
                    help="the models to check (default: both; a dry run runs notebooks on the bundled one only)")
     p.add_argument("--timeout", type=float, default=300,
                    help="seconds one notebook may run before it counts as failed (default: %(default)s)")
-    p.add_argument("--max-seconds", type=float, default=420,
-                   help="the whole run's time: a notebook still running then is stopped (failed), one not yet "
-                        "started is recorded as skipped (default: %(default)s)")
     p.add_argument("--jobs", type=int, default=None,
                    help="notebooks executed at once (default: 4 on CUDA, 1 in a dry run)")
     p.add_argument("--batch-size", type=int, default=None, help="measured batch (default: 8 on CUDA, 2 in a dry run)")
     p.add_argument("--seq-len", type=int, default=None, help="measured sequence length (default: 256, 32 in a dry run)")
     p.add_argument("--timed-steps", type=int, default=None,
-                   help="unprofiled steps whose median time is the step time (default: 5, 2 in a dry run)")
-    p.add_argument("--skip-notebooks", action="store_true", help="only the direct measurement")
+                   help="timed steps after one warm-up, whose median is the step time (default: 5, 2 in a dry run)")
+    p.add_argument("--skip-notebooks", action="store_true", help="only the measured steps")
     p.add_argument("--skip-measure", action="store_true", help="only the notebooks")
+    p.add_argument("--without", nargs="+", default=[], choices=OPTIONAL, metavar="PACKAGE",
+                   help="behave as if PACKAGE were not installed: what needs it is skipped (to test the skips; "
+                        f"one of {', '.join(OPTIONAL)})")
     p.add_argument("--executed-dir", help="also save each executed notebook copy here (NN_name.MODEL.ipynb)")
     p.add_argument("--notebook-dir", default=str(NOTEBOOKS),
                    help="the folder of NN_*.ipynb notebooks (default: the course's notebooks/)")
@@ -102,28 +140,52 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.seq_len = args.seq_len or (32 if small else 256)
     args.timed_steps = args.timed_steps or (2 if small else 5)
     args.models = args.models or ["bundled", "built"]
-    if args.jobs < 1 or args.timeout <= 0 or args.max_seconds <= 0:
-        p.error("--jobs, --timeout and --max-seconds must be positive")
+    args.min_start_s = 5 if small else MIN_START_S
+    if min(args.jobs, args.timeout, args.budget_s, args.batch_size, args.seq_len, args.timed_steps) <= 0:
+        p.error("--jobs, --timeout, --budget-s, --batch-size, --seq-len and --timed-steps must be positive")
     return args
 
 
-def select_notebooks(folder: Path, prefixes: list[str] | None, dry_run: bool) -> list[Path]:
-    """The notebooks in ``folder`` whose stem starts with one of ``prefixes`` (default: all; 00 in a dry run)."""
+def select_notebooks(folder: Path, prefixes: list[str] | None, dry_run: bool, dtype: str = "auto") -> list[Path]:
+    """The notebooks in ``folder`` whose stem starts with one of ``prefixes``, in ``PRIORITY`` order, then by name.
+
+    Default: all; 00 in a dry run; 06 with a forced dtype (the notebook that trains in it).
+    """
     every = sorted(folder.glob("[0-9][0-9]_*.ipynb"))
     if not every:
         raise ValueError(f"no NN_*.ipynb notebook in {folder}")
-    prefixes = prefixes or (["00"] if dry_run else None)
-    if not prefixes:
-        return every
-    chosen = [nb for nb in every if any(nb.stem.startswith(p.removesuffix(".ipynb")) for p in prefixes)]
-    if not chosen:
-        raise ValueError(f"--notebooks {' '.join(prefixes)} matches no notebook; there are: "
-                         f"{', '.join(nb.stem for nb in every)}")
-    return chosen
+    prefixes = prefixes or (["00"] if dry_run else ["06"] if dtype != "auto" else None)
+    chosen = every
+    if prefixes:
+        chosen = [nb for nb in every if any(nb.stem.startswith(p.removesuffix(".ipynb")) for p in prefixes)]
+        if not chosen:
+            raise ValueError(f"--notebooks {' '.join(prefixes)} matches no notebook; there are: "
+                             f"{', '.join(nb.stem for nb in every)}")
+    rank = {nn: i for i, nn in enumerate(PRIORITY)}
+    return sorted(chosen, key=lambda nb: (rank.get(nb.stem[:2], len(rank)), nb.stem))
 
 
-def missing_packages() -> list[str]:
-    return [name for name in NEEDED if importlib.util.find_spec(name) is None]
+def package_status(without: list[str]) -> dict[str, str]:
+    """``{package: "ok" | why it cannot be used}`` for the packages the check uses, each imported here."""
+    status = {}
+    for name in REQUIRED + OPTIONAL:
+        if name in without:
+            status[name] = "left out (--without)"
+            continue
+        try:
+            importlib.import_module(name)
+            status[name] = "ok"
+        except Exception as e:  # ImportError, or a broken install (e.g. pyarrow too old for datasets)
+            status[name] = f"cannot import: {type(e).__name__}: {first_lines(str(e), 1)}"
+    return status
+
+
+def notebook_needs(path: Path) -> list[str]:
+    """The optional packages a notebook's code shows it needs (``NEEDS``)."""
+    import nbformat
+
+    code = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
+    return [name for name, patterns in NEEDS.items() if any(re.search(p, code, re.M) for p in patterns)]
 
 
 def write_json(path: Path, doc: dict) -> None:
@@ -136,6 +198,10 @@ def write_json(path: Path, doc: dict) -> None:
 def first_lines(text: str, n: int = 8) -> str:
     lines = [line.rstrip() for line in ANSI.sub("", text).strip().splitlines() if line.strip()]
     return "\n".join(lines[:n])
+
+
+def seconds_left(budget_s: float) -> float:
+    return budget_s - (time.monotonic() - STARTED)
 
 
 # ---------------------------------------------------------------- machine and models
@@ -156,14 +222,31 @@ def machine(device) -> dict[str, Any]:
     return info
 
 
-def versions() -> dict[str, Any]:
+def versions(status: dict[str, str]) -> dict[str, Any]:
     import torch
 
     out: dict[str, Any] = {"python": platform.python_version(), "cuda": torch.version.cuda,
                            "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None}
     for name in VERSIONS:
-        out[name] = importlib.import_module(name).__version__
+        out[name] = importlib.import_module(name).__version__ if status.get(name) == "ok" else None
     return out
+
+
+def quiet(status: dict[str, str]) -> None:
+    """``utils.quiet()``, which imports datasets; without datasets, the same for transformers alone."""
+    import utils
+
+    if status["datasets"] == "ok":
+        utils.quiet()
+        return
+    import warnings
+
+    import transformers
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 def build_llama(path: Path, hidden: int, layers: int, heads: int, intermediate: int) -> None:
@@ -201,31 +284,60 @@ def describe_model(path: Path) -> dict[str, Any]:
     return {"path": str(path), "parameters": count, "config": {k: config.get(k) for k in keys}}
 
 
-# ---------------------------------------------------------------- direct measurement
+# ---------------------------------------------------------------- measured steps
 
-def setup_model(kind: str, name: str, device, dtype):
-    """One of notebook 06's four set-ups, in train mode."""
+def resolve_dtype(name: str, device):
+    """The 16-bit dtype the QLoRA steps compute in: ``auto`` is ``utils.compute_dtype`` (fp32 on the CPU)."""
     import torch
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     import utils
 
-    def lora():
-        return LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=0.0, target_modules="all-linear",
-                          task_type="CAUSAL_LM")
+    if name == "auto":
+        return utils.compute_dtype(device)
+    dtype = utils.dtype_from_name(name)
+    if dtype == torch.bfloat16 and device.type == "cuda" and not utils.supports_bf16(device):
+        raise ValueError(f"--dtype bf16: this GPU (compute capability "
+                         f"{'.'.join(map(str, torch.cuda.get_device_capability(device)))}) has no native bf16; "
+                         "use --dtype fp16 or auto")
+    return dtype
+
+
+def recipes(compute_dtype, device_type: str, batch_size: int, seq_len: int) -> dict:
+    """Notebook 06's four set-ups as estimator recipes (all-linear LoRA of rank ``LORA_R``, torch's AdamW).
+
+    QLoRA computes in ``compute_dtype``: recipe precision ``"bf16"`` (16-bit base; fp16 costs the same bytes),
+    or ``"fp32"`` where that is float32 (the CPU); ``prepare_kbit`` as notebook 06 prepares the 4-bit model.
+    """
+    import torch
+
+    from utils import estimator as E
+
+    common = dict(batch_size=batch_size, seq_len=seq_len, lora_r=LORA_R, lora_targets="all-linear",
+                  device=device_type)
+    q = "fp32" if compute_dtype == torch.float32 else "bf16"
+    return {
+        "full fp32": E.Recipe(method="full", precision="fp32", **common),
+        "LoRA (fp32 base)": E.Recipe(method="lora", precision="fp32", **common),
+        "QLoRA": E.Recipe(method="qlora", precision=q, prepare_kbit=True, **common),
+        "QLoRA + checkpointing": E.Recipe(method="qlora", precision=q, prepare_kbit=True, checkpointing=True,
+                                          **common),
+    }
+
+
+def load_for(recipe, path: str, device, compute_dtype):
+    """The model at ``path`` loaded and prepared as ``recipe`` trains it, in train mode."""
+    import torch
+
+    import utils
+    from utils import estimator as E
 
     utils.seed_everything(0)
-    if kind == "full fp32":
-        model = utils.load_model(name, dtype=torch.float32, device=device)[0]
-    elif kind == "LoRA (fp32 base)":
-        model = get_peft_model(utils.load_model(name, dtype=torch.float32, device=device)[0], lora())
+    weights = torch.float32 if recipe.weight_itemsize == 4 else compute_dtype
+    if recipe.method == "qlora":
+        model = utils.load_model(path, quantization_config=utils.nf4_config(weights), dtype=weights, device=device)[0]
     else:
-        half = dtype if dtype != torch.float32 else torch.float16
-        base = utils.load_model(name, quantization_config=utils.nf4_config(dtype), dtype=half, device=device)[0]
-        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=kind.endswith("checkpointing"),
-                                               gradient_checkpointing_kwargs={"use_reentrant": False})
-        model = get_peft_model(base, lora())
-    return model.train()
+        model = utils.load_model(path, dtype=weights, device=device)[0]
+    return E.prepare_for_training(model, recipe)
 
 
 def lm_batch(name: str, batch_size: int, seq_len: int, device) -> dict:
@@ -242,57 +354,140 @@ def lm_batch(name: str, batch_size: int, seq_len: int, device) -> dict:
     return {"input_ids": ids, "labels": ids}
 
 
-def measure(kind: str, name: str, batch: dict, device, dtype, timed_steps: int) -> dict[str, Any]:
-    import gc
+def relative_error(predicted: int | None, measured: int | None) -> float | None:
+    """``(predicted - measured) / measured``; None where there is nothing to divide by."""
+    if predicted is None or not measured:
+        return None
+    return round((predicted - measured) / measured, 5)
 
+
+def predicted_parts(est) -> dict[str, Any]:
+    return {"weights": est.weights, "gradients": est.gradients, "optimizer_states": est.optimizer_states,
+            "activations": est.activations, "peak": est.peak, "peak_moment": est.peak_moment,
+            "peak_parts": est.peak_parts, "overhead": est.overhead, "total": est.total,
+            "trainable_parameters": est.trainable_parameters, "device": est.recipe.device}
+
+
+def timed_steps(model, recipe, batch: dict, device, steps: int, scaled: bool) -> dict[str, Any]:
+    """One warm-up step and ``steps`` timed ones on ``batch``; with ``scaled``, through a ``GradScaler``."""
     import torch
 
-    import utils
+    from utils import estimator as E
+
+    cuda = device.type == "cuda"
+    optimizer = E.make_optimizer(model, recipe)
+    scaler = torch.amp.GradScaler(device.type) if scaled else None
+    times, losses, skipped = [], [], 0
+    for i in range(steps + 1):
+        if cuda:
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss = model(**batch).loss
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            scale = scaler.get_scale()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)  # skipped when the scaled gradients overflowed; then the scale shrinks
+            scaler.update()
+            skipped += scaler.get_scale() < scale
+        if cuda:
+            torch.cuda.synchronize(device)
+        if i:
+            times.append(time.perf_counter() - start)
+        losses.append(loss.item())
+    seconds = statistics.median(times)
+    if not all(map(lambda v: v == v and abs(v) != float("inf"), losses)):
+        raise FloatingPointError(f"a loss is not finite: {losses}")
+    return {"step_seconds": seconds, "tokens_per_second": batch["input_ids"].numel() / seconds,
+            "loss": losses[-1], "losses": losses,
+            "grad_scaler": None if scaler is None else {"scale": scaler.get_scale(), "steps_skipped": skipped}}
+
+
+def measure(kind: str, recipe, path: str, batch: dict, device, compute_dtype, steps: int,
+            scaled: bool) -> dict[str, Any]:
+    """Measure one set-up with ``E.measure_recipe``, predict it with ``E.estimate``, and time it."""
+    import torch
+
+    from utils import estimator as E
 
     cuda = device.type == "cuda"
     gc.collect()
     if cuda:
         torch.cuda.empty_cache()
     before_load = torch.cuda.memory_allocated(device) if cuda else None
-    model = setup_model(kind, name, device, dtype)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    model = load_for(recipe, path, device, compute_dtype)
+    est = E.estimate(E.shape_from_config(model.config), recipe)
     if cuda:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-    step = utils.measure_training_step(model, batch, opt, warmup_steps=1)
+    step = E.measure_recipe(model, recipe, steps=2)
     allocator_peak = torch.cuda.max_memory_allocated(device) if cuda else None
-    times, loss = [], float("nan")
-    for _ in range(timed_steps):
-        if cuda:
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        out = model(**batch)
-        out.loss.backward()
-        opt.step()
-        if cuda:
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-        loss = out.loss.item()
+    measured = {"weights": step.weights, "gradients": step.gradients, "optimizer_states": step.optimizer_states,
+                "activations": step.activations, "peak": step.peak, "peak_source": step.trace.source,
+                "held_before_step": step.trace.baseline, "profiled_step_seconds": step.seconds}
+    predicted = predicted_parts(est)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    del model, opt, out
+    timing = timed_steps(model, recipe, batch, device, steps, scaled)
+    del model
     gc.collect()
     if cuda:
         torch.cuda.empty_cache()
-    seconds = statistics.median(times)
-    result = {
-        "trainable_parameters": trainable,
-        "weights": step.weights, "gradients": step.gradients, "optimizer_states": step.optimizer_states,
-        "activations": step.activations, "peak": step.peak, "peak_source": step.trace.source,
-        "held_before_step": step.trace.baseline, "profiled_step_seconds": step.seconds,
-        "step_seconds": seconds, "tokens_per_second": batch["input_ids"].numel() / seconds, "loss": loss,
-        "cuda_memory_allocated_before_load": before_load, "cuda_max_memory_allocated": allocator_peak,
-        "cuda_other_bytes": getattr(step.trace, "other_bytes", None),  # on the device, not the measured model's
-        "cuda_memory_allocated_after_free": torch.cuda.memory_allocated(device) if cuda else None,
+    return {
+        "recipe": recipe.label(), "recipe_fields": dataclasses.asdict(recipe),
+        "trainable_parameters": trainable, "measured": measured, "predicted": predicted,
+        "relative_error": {part: relative_error(predicted[part], measured[part]) for part in PARTS},
+        "timing": timing,
+        "cuda": None if not cuda else {
+            "memory_allocated_before_load": before_load, "max_memory_allocated": allocator_peak,
+            "peak_relative_error_vs_allocator": relative_error(est.peak, allocator_peak),
+            "other_bytes": step.trace.other_bytes,  # on the device, not the measured model's
+            "memory_allocated_after_free": torch.cuda.memory_allocated(device)},
     }
-    if loss != loss or loss in (float("inf"), float("-inf")):
-        raise FloatingPointError(f"the loss is {loss} after {timed_steps} steps")
-    return result
+
+
+def measure_all(paths: dict[str, str], args, device, compute_dtype, status: dict[str, str], doc: dict,
+                save) -> None:
+    """Every set-up on every model, in order, each row saved as soon as it is done."""
+    import torch
+
+    import utils
+
+    scaled = compute_dtype == torch.float16
+    for key, path in paths.items():
+        seq_len = min(args.seq_len, doc["models"][key]["config"]["max_position_embeddings"] or args.seq_len)
+        batch = lm_batch(path, args.batch_size, seq_len, device)
+        for kind, recipe in recipes(compute_dtype, device.type, args.batch_size, seq_len).items():
+            row: dict[str, Any] = {"model": key, "setup": kind, "dtype": str(compute_dtype).removeprefix("torch."),
+                                   "grad_scaler": scaled and recipe.method == "qlora", "passed": None,
+                                   "skipped": None, "error": None, "batch": [args.batch_size, seq_len]}
+            start = time.monotonic()
+            left = seconds_left(args.budget_s)
+            if recipe.method == "qlora" and status["bitsandbytes"] != "ok":
+                row["skipped"] = f"needs bitsandbytes: {status['bitsandbytes']}"
+            elif left < args.min_start_s:
+                row["skipped"] = f"not started: {max(left, 0):.0f} s left of --budget-s {args.budget_s:g}"
+            else:
+                try:
+                    row.update(measure(kind, recipe, path, batch, device, compute_dtype, args.timed_steps,
+                                       row["grad_scaler"]))
+                    row["passed"] = True
+                except Exception as e:
+                    row["passed"] = False
+                    row["error"] = first_lines(f"{type(e).__name__}: {e}\n" + traceback.format_exc()[-1500:])
+            row["seconds"] = round(time.monotonic() - start, 2)
+            doc["measurements"].append(row)
+            save()
+            if row["passed"]:
+                m, err = row["measured"], row["relative_error"]["peak"]
+                said = (f"peak {utils.format_bytes(m['peak'])}, predicted {utils.format_bytes(row['predicted']['peak'])} "
+                        f"({err:+.1%}), step {row['timing']['step_seconds'] * 1e3:.1f} ms")
+            else:
+                said = f"SKIPPED ({row['skipped']})" if row["skipped"] else "FAILED " + row["error"].splitlines()[0]
+            print(f"gpu_check: {kind} on {key}: {said}", flush=True)
+        del batch
 
 
 # ---------------------------------------------------------------- notebooks
@@ -300,7 +495,7 @@ def measure(kind: str, name: str, batch: dict, device, dtype, timed_steps: int) 
 def copy_tree(workdir: Path, notebook: Path) -> Path:
     """``workdir`` with links to the repository's top-level entries and a notebooks/ folder of its own."""
     for entry in ROOT.iterdir():
-        if entry.name not in ("notebooks", ".git", ".venv") and not entry.name.startswith("gpu_check"):
+        if entry.name not in ("notebooks", ".git", ".venv", ".gpu_kit") and not entry.name.startswith("gpu_check"):
             (workdir / entry.name).symlink_to(entry)
     (workdir / "notebooks").mkdir()
     target = workdir / "notebooks" / notebook.name
@@ -318,15 +513,21 @@ def cell_seconds(cell) -> float | None:
     return (end - start).total_seconds()
 
 
+def notebook_row(notebook: Path, model_key: str, **values: Any) -> dict[str, Any]:
+    row = {"notebook": notebook.stem, "model": model_key, "passed": None, "skipped": None, "seconds": None,
+           "error": None, "failed_cell": None, "cuda_max_memory_allocated": None,
+           "cuda_max_memory_reserved": None, "slowest_cells": []}
+    row.update(values)
+    return row
+
+
 async def run_notebook(notebook: Path, model_key: str, model_path: str, args, env: dict,
                        limit: float) -> dict[str, Any]:
     """Execute a copy of ``notebook`` with ``COURSE_MODEL=model_path``, stopping it after ``limit`` seconds."""
     import nbformat
     from nbclient import NotebookClient
 
-    result: dict[str, Any] = {"notebook": notebook.stem, "model": model_key, "passed": False, "seconds": None,
-                              "error": None, "failed_cell": None, "cuda_max_memory_allocated": None,
-                              "cuda_max_memory_reserved": None, "slowest_cells": []}
+    result = notebook_row(notebook, model_key, passed=False)
     with tempfile.TemporaryDirectory(prefix=f"gpu_check_{notebook.stem}_{model_key}_") as tmp:
         path = copy_tree(Path(tmp), notebook)
         nb = nbformat.read(path, as_version=4)
@@ -340,9 +541,13 @@ async def run_notebook(notebook: Path, model_key: str, model_path: str, args, en
             result["passed"] = True
         except Exception as e:  # CellExecutionError, CellTimeoutError, DeadKernelError, asyncio.TimeoutError ...
             result["error"] = first_lines(f"{type(e).__name__}: {getattr(e, 'ename', '')} {getattr(e, 'evalue', '')}\n{e}")
-            if time.monotonic() - start >= limit:  # stopping a kernel mid-cell can surface as DeadKernelError
-                which = f"--timeout {args.timeout:g} s" if limit == args.timeout else f"--max-seconds {args.max_seconds:g}"
-                result["error"] = f"TimeoutError: stopped at {limit:.0f} s ({which})\n{result['error']}"
+            if time.monotonic() - start >= limit - 1:  # stopping a kernel mid-cell can surface as DeadKernelError
+                if limit < args.timeout:  # the budget ran out, not the notebook's own time: not its failure
+                    result.update(passed=None, skipped=f"stopped after {limit:.0f} s: the end of --budget-s "
+                                                       f"{args.budget_s:g}")
+                else:
+                    result["error"] = f"TimeoutError: stopped at {limit:.0f} s (--timeout {args.timeout:g})\n" \
+                                      f"{result['error']}"
         result["seconds"] = round(time.monotonic() - start, 2)
         for i, cell in enumerate(nb.cells[:user_cells]):
             timing = cell.get("metadata", {}).get("execution", {})
@@ -366,22 +571,34 @@ async def run_notebook(notebook: Path, model_key: str, model_path: str, args, en
     return result
 
 
-async def run_notebooks(jobs: list[tuple[Path, str, str]], args, env: dict, doc: dict, save, t0: float) -> None:
+def unavailable(needs: list[str], status: dict[str, str]) -> str | None:
+    """Why a notebook that needs ``needs`` cannot run here, or None."""
+    missing = [f"{n} ({status[n]})" for n in needs if status.get(n, "ok") != "ok"]
+    return f"needs {', '.join(missing)}" if missing else None
+
+
+async def run_notebooks(jobs: list[tuple[Path, str, str]], args, env: dict, status: dict[str, str], doc: dict,
+                        save) -> None:
     limit = asyncio.Semaphore(args.jobs)
+    runner = unavailable(list(RUNNER), status)
+    needs = {nb: notebook_needs(nb) for nb in {job[0] for job in jobs}} if runner is None else {}
 
     async def one(notebook: Path, key: str, path: str) -> None:
         async with limit:
-            remaining = args.max_seconds - (time.monotonic() - t0)
-            if remaining < 10:
-                result = {"notebook": notebook.stem, "model": key, "passed": None, "seconds": None,
-                          "error": f"skipped: less than 10 s left of --max-seconds {args.max_seconds:g}",
-                          "failed_cell": None, "cuda_max_memory_allocated": None,
-                          "cuda_max_memory_reserved": None, "slowest_cells": []}
+            left = seconds_left(args.budget_s)
+            why = runner or unavailable(needs[notebook], status)
+            if why:
+                result = notebook_row(notebook, key, skipped=f"executing notebooks {why}" if runner else why)
+            elif left < args.min_start_s:
+                result = notebook_row(notebook, key, skipped=f"not started: {max(left, 0):.0f} s left of --budget-s "
+                                                             f"{args.budget_s:g}")
             else:
                 print(f"gpu_check: executing {notebook.stem} on {key}", flush=True)
-                result = await run_notebook(notebook, key, path, args, env, min(args.timeout, remaining))
-                print(f"gpu_check: {notebook.stem} on {key}: {'passed' if result['passed'] else 'FAILED'} "
-                      f"in {result['seconds']} s", flush=True)
+                result = await run_notebook(notebook, key, path, args, env, min(args.timeout, left))
+            said = ("passed" if result["passed"] else f"SKIPPED ({result['skipped']})" if result["passed"] is None
+                    else "FAILED")
+            print(f"gpu_check: {notebook.stem} on {key}: {said}"
+                  + (f" in {result['seconds']} s" if result["seconds"] is not None else ""), flush=True)
             doc["notebooks"].append(result)
             save()
 
@@ -395,17 +612,20 @@ async def run_notebooks(jobs: list[tuple[Path, str, str]], args, env: dict, doc:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        notebooks = [] if args.skip_notebooks else select_notebooks(Path(args.notebook_dir), args.notebooks, args.dry_run)
+        notebooks = ([] if args.skip_notebooks
+                     else select_notebooks(Path(args.notebook_dir), args.notebooks, args.dry_run, args.dtype))
     except ValueError as e:
         print(f"gpu_check: {e}", file=sys.stderr)
         return 2
-    missing = missing_packages()
-    if missing:
-        print(f"gpu_check: missing Python packages: {', '.join(missing)}. Install the course's stack first: "
-              "`bash course.sh setup` (or pip install -r requirements-dev.txt).", file=sys.stderr)
-        return 2
     if args.dry_run:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""  # the CPU even where a GPU is present; kernels inherit it
+    status = package_status(args.without)
+    broken = {n: s for n, s in status.items() if n in REQUIRED and s != "ok"}
+    if broken:
+        print("gpu_check: the check needs " + "; ".join(f"{n}: {s}" for n, s in broken.items()) + ". Install the "
+              "course's stack first: `bash course.sh setup`, or on an offline GPU machine the wheel kit that "
+              "`bash tools/gpu_kit.sh` prepares.", file=sys.stderr)
+        return 2
     sys.path.insert(0, str(ROOT))
     import torch
 
@@ -416,24 +636,29 @@ def main(argv: list[str] | None = None) -> int:
               "to check. Run it on a machine with an NVIDIA GPU and torch's CUDA build, or pass --dry-run to run "
               "the same steps on the CPU, small.", file=sys.stderr)
         return 2
-    utils.quiet()
-    t0 = time.monotonic()
+    quiet(status)
     device = torch.device("cpu") if args.dry_run else torch.device("cuda")
-    dtype = utils.compute_dtype(device)
+    try:
+        compute_dtype = resolve_dtype(args.dtype, device)
+    except ValueError as e:
+        print(f"gpu_check: {e}", file=sys.stderr)
+        return 2
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     doc: dict[str, Any] = {
         "schema": SCHEMA, "mode": "dry-run" if args.dry_run else "cuda",
         "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "seconds": None,
-        "device": machine(device), "versions": versions(),
-        "settings": {"batch_size": args.batch_size, "seq_len": args.seq_len, "timed_steps": args.timed_steps,
-                     "jobs": args.jobs, "timeout": args.timeout, "max_seconds": args.max_seconds,
-                     "lora_r": LORA_R, "lora_alpha": LORA_ALPHA},
+        "device": machine(device), "versions": versions(status), "packages": status,
+        "settings": {"budget_s": args.budget_s, "dtype": args.dtype,
+                     "compute_dtype": str(compute_dtype).removeprefix("torch."), "batch_size": args.batch_size,
+                     "seq_len": args.seq_len, "timed_steps": args.timed_steps, "jobs": args.jobs,
+                     "timeout": args.timeout, "min_start_s": args.min_start_s, "lora_r": LORA_R,
+                     "lora_alpha": 2 * LORA_R},
         "models": {}, "measurements": [], "notebooks": [], "summary": {},
     }
 
     def save() -> None:
-        doc["seconds"] = round(time.monotonic() - t0, 1)
+        doc["seconds"] = round(time.monotonic() - STARTED, 1)
         rows = doc["measurements"] + doc["notebooks"]
         doc["summary"] = {"passed": sum(r["passed"] is True for r in rows),
                           "failed": sum(r["passed"] is False for r in rows),
@@ -442,7 +667,10 @@ def main(argv: list[str] | None = None) -> int:
 
     save()
     print(f"gpu_check: {doc['device']['type']} {doc['device']['name']}, torch {doc['versions']['torch']}, "
-          f"CUDA {doc['versions']['cuda']} -> {output}", flush=True)
+          f"CUDA {doc['versions']['cuda']}, computing in {doc['settings']['compute_dtype']} -> {output}", flush=True)
+    for name, state in status.items():
+        if state != "ok":
+            print(f"gpu_check: {name}: {state}; what needs it is skipped", flush=True)
     with tempfile.TemporaryDirectory(prefix="gpu_check_models_") as tmp:
         paths: dict[str, str] = {}
         if "bundled" in args.models:
@@ -457,39 +685,23 @@ def main(argv: list[str] | None = None) -> int:
         save()
 
         if not args.skip_measure:
-            for key, path in paths.items():
-                seq_len = min(args.seq_len, doc["models"][key]["config"]["max_position_embeddings"] or args.seq_len)
-                batch = lm_batch(path, args.batch_size, seq_len, device)
-                for kind in SETUPS:
-                    row: dict[str, Any] = {"model": key, "setup": kind, "passed": False, "error": None,
-                                           "batch": [args.batch_size, seq_len]}
-                    start = time.monotonic()
-                    try:
-                        row.update(measure(kind, path, batch, device, dtype, args.timed_steps))
-                        row["passed"] = True
-                    except Exception as e:
-                        row["error"] = first_lines(f"{type(e).__name__}: {e}\n" + traceback.format_exc()[-1500:])
-                    row["seconds"] = round(time.monotonic() - start, 2)
-                    doc["measurements"].append(row)
-                    save()
-                    print(f"gpu_check: measured {kind} on {key}: "
-                          + (f"peak {utils.format_bytes(row['peak'])}, step {row['step_seconds'] * 1e3:.1f} ms"
-                             if row["passed"] else "FAILED " + row["error"].splitlines()[0]), flush=True)
-                del batch
+            measure_all(paths, args, device, compute_dtype, status, doc, save)
 
         if notebooks:
             env = dict(os.environ)
             if "OMP_NUM_THREADS" not in env:
                 env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.jobs))
+            if args.dtype != "auto":
+                env["COURSE_DTYPE"] = args.dtype  # read by utils.compute_dtype on CUDA
             # a dry run checks the notebooks on the bundled model only (the tiny built one is for measurement)
             keys = [k for k in paths if not (args.dry_run and k != "bundled")] or list(paths)[:1]
-            jobs = [(nb, key, paths[key]) for nb in notebooks for key in keys]
-            asyncio.run(run_notebooks(jobs, args, env, doc, save, t0))
+            jobs = [(nb, key, paths[key]) for key in keys for nb in notebooks]
+            asyncio.run(run_notebooks(jobs, args, env, status, doc, save))
     save()
     s = doc["summary"]
     print(f"gpu_check: {s['passed']} passed, {s['failed']} failed, {s['skipped']} skipped in {doc['seconds']} s; "
           f"wrote {output}", flush=True)
-    return 0 if s["failed"] == 0 and s["skipped"] == 0 else 1
+    return 1 if s["failed"] else 0
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """Device and dtype choice: one place that decides where the course computes, and in what precision."""
 from __future__ import annotations
 
+import os
+
 import torch
 
 DTYPES: dict[str, torch.dtype] = {
@@ -8,6 +10,7 @@ DTYPES: dict[str, torch.dtype] = {
     "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
     "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
 }
+DTYPE_ENV = "COURSE_DTYPE"  # e.g. COURSE_DTYPE=fp16: a GPU with bf16 computes as a T4 would (tools/gpu_check.py)
 
 
 def get_device(name: str | None = None) -> torch.device:
@@ -42,10 +45,14 @@ def compute_dtype(device: torch.device | None = None) -> torch.dtype:
     - older CUDA GPUs (T4, V100): float16.
     - CPU: float32. On a CPU without native bf16 (AVX2 only), bf16/fp16 matmuls run 25-40x slower
       than fp32 (measured on the course's CI machine), so training in them would only cost time.
+
+    On CUDA the environment variable ``COURSE_DTYPE`` (``fp16``, ``bf16``, ``fp32``) overrides the choice.
     """
     device = device or get_device()
     if device.type != "cuda":
         return torch.float32
+    if os.environ.get(DTYPE_ENV, "auto") != "auto":
+        return dtype_from_name(os.environ[DTYPE_ENV])
     return torch.bfloat16 if supports_bf16(device) else torch.float16
 
 
