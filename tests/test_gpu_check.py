@@ -213,6 +213,16 @@ def test_notebooks_run_by_priority_and_a_forced_dtype_picks_06():
                                                                               "matplotlib"]
 
 
+def test_a_notebooks_copy_folder_reaches_the_scripts_it_launches(tmp_path):
+    """Notebook 09 launches notebooks/scripts/fsdp_step.py: the copy folder the check executes it in has it."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    import gpu_check
+
+    copy = gpu_check.copy_tree(tmp_path, ROOT / "notebooks" / "09_sharding_fsdp.ipynb")
+    assert (copy.parent / "scripts" / "fsdp_step.py").is_file()
+    assert (tmp_path / "utils" / "__init__.py").is_file() and not (tmp_path / ".git").exists()
+
+
 @pytest.mark.parametrize("value, expected", [("fp16", torch.float16), ("bf16", torch.bfloat16),
                                              ("auto", torch.bfloat16)])
 def test_course_dtype_overrides_the_gpu_choice(monkeypatch, value, expected):

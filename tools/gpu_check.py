@@ -493,11 +493,15 @@ def measure_all(paths: dict[str, str], args, device, compute_dtype, status: dict
 # ---------------------------------------------------------------- notebooks
 
 def copy_tree(workdir: Path, notebook: Path) -> Path:
-    """``workdir`` with links to the repository's top-level entries and a notebooks/ folder of its own."""
+    """``workdir`` with links to the repository's top-level entries and a notebooks/ folder of its own, which
+    links the notebooks' own folders too (``scripts/``: notebook 09 launches ``scripts/fsdp_step.py``)."""
     for entry in ROOT.iterdir():
         if entry.name not in ("notebooks", ".git", ".venv", ".gpu_kit") and not entry.name.startswith("gpu_check"):
             (workdir / entry.name).symlink_to(entry)
     (workdir / "notebooks").mkdir()
+    for entry in notebook.parent.iterdir():
+        if entry.is_dir() and entry.name not in ("outputs", ".ipynb_checkpoints"):
+            (workdir / "notebooks" / entry.name).symlink_to(entry)
     target = workdir / "notebooks" / notebook.name
     shutil.copyfile(notebook, target)
     return target
