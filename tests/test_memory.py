@@ -122,6 +122,23 @@ def test_warmup_step_makes_the_measured_step_a_steady_state_one():
         m.measure_training_step(model, x, opt, forward=loss, warmup_steps=-1)
 
 
+def test_accumulated_step_over_micro_batches():
+    """``batches=``: one forward/backward per micro-batch (loss divided by their number), one optimizer step;
+    the gradients equal those of one step on the whole batch, and the activations are one micro-batch's."""
+    x = torch.randn(B, D)
+    loss = lambda mod, b: mod(b).pow(2).mean()  # noqa: E731
+    whole, split = mlp(), mlp()
+    m.measure_training_step(whole, x, forward=loss)
+    s = m.measure_training_step(split, forward=loss, batches=[c.clone() for c in x.chunk(4)])  # (a view would count x whole)
+    for a, b in zip(whole.parameters(), split.parameters()):
+        torch.testing.assert_close(a.grad, b.grad)
+    assert s.activations == 4 * (B // 4) * (D + H + D)
+    assert {"forward 1", "backward 4"} <= set(s.trace.phases)
+    for bad in (dict(), dict(batch=x, batches=[x]), dict(batches=[])):
+        with pytest.raises(ValueError, match="batch"):
+            m.measure_training_step(mlp(), forward=loss, **bad)
+
+
 def test_training_step_needs_a_scalar_loss():
     with pytest.raises(ValueError, match="scalar loss"):
         m.measure_training_step(mlp(), torch.randn(B, D))
