@@ -5,6 +5,8 @@
 # and, for maintainers:
 #   bash course.sh execute [notebooks/NN_*.ipynb ...]   re-run notebooks in place and clean their metadata
 #   bash course.sh setup                                only set up
+#   bash course.sh test-units [pytest option ...]       the first half of `test`: tests/, two at a time
+#   bash course.sh test-notebooks [pytest option ...]   the second half: every notebook under strict nbval
 #   bash course.sh gpu-check [--dry-run] [options]      every notebook and measured training steps on a CUDA GPU,
 #                                                       results in gpu_check.json (tools/gpu_check.py --help)
 set -euo pipefail
@@ -22,21 +24,58 @@ setup() {
   [ -x "$VENV/bin/python" ] || "$py" -m venv "$VENV"
   # shellcheck disable=SC1091
   . "$VENV/bin/activate"
-  if ! python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$TORCH_VERSION')" 2>/dev/null; then
+  # --no-compile: pip does not byte-compile every installed module (a third of a fresh set-up's time);
+  # Python compiles what it imports, once, on first import.
+  local pip=(python -m pip install -q --no-compile)
+  if ! python -c "import importlib.metadata as m, sys; sys.exit(m.version('torch').split('+')[0] != '$TORCH_VERSION')" 2>/dev/null; then
     if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
       echo "course.sh: NVIDIA GPU found: installing torch $TORCH_VERSION with CUDA"
-      python -m pip install -q "torch==$TORCH_VERSION"
+      "${pip[@]}" "torch==$TORCH_VERSION"
     else
       echo "course.sh: no NVIDIA GPU: installing the CPU build of torch $TORCH_VERSION"
       # "+cpu" matches only CPU builds: from the indexes pip already knows (a local wheel, a mirror),
       # else from PyTorch's CPU index. Never the multi-GB CUDA build.
-      python -m pip install -q "torch==$TORCH_VERSION+cpu" 2>/dev/null \
-        || python -m pip install -q "torch==$TORCH_VERSION+cpu" \
+      "${pip[@]}" "torch==$TORCH_VERSION+cpu" 2>/dev/null \
+        || "${pip[@]}" "torch==$TORCH_VERSION+cpu" \
              --index-url https://download.pytorch.org/whl/cpu --extra-index-url https://pypi.org/simple
     fi
   fi
-  python -m pip install -q -r requirements-dev.txt
+  # pip again only when a requirements file changed since the last install into this venv
+  local stamp="$VENV/.course-requirements"
+  if ! cat requirements.txt requirements-dev.txt | cmp -s - "$stamp"; then
+    "${pip[@]}" -r requirements-dev.txt
+    cat requirements.txt requirements-dev.txt > "$stamp"
+  fi
   python -c "import torch; print('course.sh: torch', torch.__version__, '| CUDA' if torch.cuda.is_available() else '| CPU')"
+}
+
+# The unit tests and tests/test_any_architecture.py (every notebook on a random GPT-Neo, outputs not compared):
+# two tests at a time (pytest-xdist), each with one thread, which keeps both cores of a small machine busy
+# (two processes of two threads each would wait on each other). A test module stays on one worker, so that its
+# fixtures are built once; the architecture test's notebooks are spread one by one, in file order.
+test_units() {
+  OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python -m pytest tests -n "${COURSE_TEST_JOBS:-2}" --dist loadgroup \
+    --no-loadscope-reorder -p no:cacheprovider "$@"
+}
+
+# Every notebook under strict nbval: each cell's output compared with the committed one (tests/sanitize.cfg),
+# with torch's own thread count. `-n 2 --dist loadscope` runs two notebooks at once (a notebook's cells stay
+# in order on one worker): only with OMP_NUM_THREADS=1, as .ci/run's second pass does.
+test_notebooks() {
+  python -m pytest notebooks --nbval --nbval-sanitize-with tests/sanitize.cfg --nbval-cell-timeout=900 \
+    -p no:cacheprovider "$@"
+}
+
+# `pytest -k ...` may select tests on one side only: "nothing collected" (exit 5) fails only if it is both.
+run_test() {
+  local units=0 notebooks=0
+  echo "course.sh: unit tests and the architecture test (two at a time, one thread each)"
+  test_units "$@" || units=$?
+  [ "$units" = 0 ] || [ "$units" = 5 ] || exit "$units"
+  echo "course.sh: every notebook under strict nbval"
+  test_notebooks "$@" || notebooks=$?
+  [ "$notebooks" = 0 ] || [ "$notebooks" = 5 ] || exit "$notebooks"
+  [ "$units$notebooks" != 55 ] || { echo "course.sh: no test selected" >&2; exit 5; }
 }
 
 case "${1:-}" in
@@ -47,9 +86,13 @@ case "${1:-}" in
     exec jupyter lab --notebook-dir=. "${root_flag[@]}" notebooks/00_setup.ipynb "${@:2}" ;;
   test)
     setup
-    # Unit tests, the JupyterLab check, and every notebook under strict nbval (outputs compared).
-    exec python -m pytest tests notebooks --nbval --nbval-sanitize-with tests/sanitize.cfg \
-      --nbval-cell-timeout=900 -p no:cacheprovider "${@:2}" ;;
+    run_test "${@:2}" ;;
+  test-units)
+    setup
+    test_units "${@:2}" ;;
+  test-notebooks)
+    setup
+    test_notebooks "${@:2}" ;;
   execute)
     setup
     shift
@@ -63,5 +106,6 @@ case "${1:-}" in
     setup
     exec python tools/gpu_check.py "${@:2}" ;;
   *)
-    echo "usage: bash course.sh {lab|test|execute [notebook ...]|setup|gpu-check [--dry-run] [option ...]}" >&2; exit 2 ;;
+    echo "usage: bash course.sh {lab|test|execute [notebook ...]|setup|test-units|test-notebooks|gpu-check [--dry-run]} [option ...]" >&2
+    exit 2 ;;
 esac

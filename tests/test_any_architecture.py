@@ -7,7 +7,11 @@ every cell must run and every structural ``assert`` must hold, so a cell written
 - ``gpt-neo`` (the architecture of ``EleutherAI/gpt-neo-125m``, which the README suggests on Colab) runs by
   default, in CI.
 - ``gpt2`` (``Conv1D`` layers that store the transposed weight) and ``opt`` (a projection around the
-  embeddings, ReLU MLP) run when named: ``COURSE_ARCHITECTURES=gpt-neo,gpt2,opt bash course.sh test -k any_architecture``.
+  embeddings, ReLU MLP) run when named:
+  ``COURSE_ARCHITECTURES=gpt-neo,gpt2,opt bash course.sh test-units -k any_architecture``.
+
+``course.sh`` runs these tests two at a time (pytest-xdist), one thread each: every kernel inherits the
+worker's environment, ``OMP_NUM_THREADS=1`` and ``COURSE_MODEL`` included.
 """
 import os
 from pathlib import Path
