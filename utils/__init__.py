@@ -27,6 +27,7 @@ from .memory import (
 )
 from .plots import plot_loss, plot_memory_breakdown, plot_memory_timeline
 from .task import exact_match, generate, perplexity, score
+from .training import adapters_in_training_dtype, lm_batch, lora_config, sft_config
 
 __all__ = [
     "BUNDLED_MODEL", "MiB", "MemoryTrace", "RankFailure", "StepMemory", "check_answer", "check_environment", "check_function", "compute_dtype",
@@ -35,4 +36,5 @@ __all__ = [
     "mixed_precision_flags", "model_name", "nf4_config", "optimizer_state_bytes", "parameter_bytes", "perplexity", "plot_loss",
     "plot_memory_breakdown", "plot_memory_timeline", "quant_constant_bytes", "quiet", "score", "seed_everything",
     "supports_bf16", "tensor_bytes", "torchrun", "trace_memory", "unique_bytes", "weight_matrix",
+    "adapters_in_training_dtype", "lm_batch", "lora_config", "sft_config",
 ]
