@@ -9,6 +9,8 @@
 #   bash course.sh test-notebooks [pytest option ...]   the second half: every notebook under strict nbval
 #   bash course.sh gpu-check [--dry-run] [options]      every notebook and measured training steps on a CUDA GPU,
 #                                                       results in gpu_check.json (tools/gpu_check.py --help)
+#   bash course.sh gpu-kit [options]                    the wheels an offline GPU machine lacks for gpu-check, in
+#                                                       .gpu_kit/, checked against 64 MiB (tools/gpu_kit.sh --help)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -102,10 +104,12 @@ case "${1:-}" in
       jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=900 "$nb"
     done
     python tools/notebook_tools.py clean "$@" ;;
+  gpu-kit)
+    exec bash tools/gpu_kit.sh "${@:2}" ;;
   gpu-check)
     setup
     exec python tools/gpu_check.py "${@:2}" ;;
   *)
-    echo "usage: bash course.sh {lab|test|execute [notebook ...]|setup|test-units|test-notebooks|gpu-check [--dry-run]} [option ...]" >&2
+    echo "usage: bash course.sh {lab|test|execute [notebook ...]|setup|test-units|test-notebooks|gpu-check [--dry-run]|gpu-kit} [option ...]" >&2
     exit 2 ;;
 esac
