@@ -60,12 +60,14 @@ def python_sources(folders: tuple[str, ...]) -> dict[str, str]:
     return sources
 
 
-def is_local(top: str, where: str) -> bool:
-    """The course's own code: a package of the repository (utils, tools), a module beside the importer, or a
-    script of ``notebooks/scripts/`` (notebook 09 imports the ``fsdp_step.py`` it launches)."""
-    beside = (ROOT / where.split(" cell ", 1)[0]).parent
-    return ((ROOT / top / "__init__.py").is_file() or (ROOT / top).is_dir() or (beside / f"{top}.py").is_file()
-            or (ROOT / "notebooks" / "scripts" / f"{top}.py").is_file())
+def own_module_names() -> set[str]:
+    """Every top-level name that the repository itself defines: its folders (utils, tools, ...) and the stem of
+    every Python file under the scanned folders (a test imports ``gpu_check`` from tools/, notebook 09 the
+    ``fsdp_step.py`` of notebooks/scripts/ that it launches)."""
+    names = {p.name for p in ROOT.iterdir() if p.is_dir()}
+    for folder in {f for folders in SCANNED.values() for f in folders}:
+        names |= {p.stem for p in (ROOT / folder).rglob("*.py")}
+    return names
 
 
 def imported_modules(folders: tuple[str, ...]) -> dict[str, str]:
@@ -75,6 +77,7 @@ def imported_modules(folders: tuple[str, ...]) -> dict[str, str]:
     ``STACK``, which the environment check imports by name.
     """
     found: dict[str, str] = {}
+    own = own_module_names()
     for where, source in python_sources(folders).items():
         tree = ast.parse(source, filename=where)
         for node in ast.walk(tree):
@@ -89,7 +92,7 @@ def imported_modules(folders: tuple[str, ...]) -> dict[str, str]:
                 continue
             for name in names:
                 top = name.split(".")[0]
-                if top not in sys.stdlib_module_names and not is_local(top, where):
+                if top not in sys.stdlib_module_names and top not in own:
                     found.setdefault(top, where)
     return found
 
@@ -103,6 +106,9 @@ def test_the_scan_sees_the_course():
     places = set(python_sources(SCANNED["requirements.txt"])) | set(python_sources(SCANNED["requirements-dev.txt"]))
     assert {"utils/estimator/estimate.py", "tools/gpu_check.py", "tests/conftest.py"} <= places
     assert any(p.startswith("notebooks/00_setup.ipynb cell ") for p in places)
+    # the course's own names hide no installed package (a course file named like one would shadow it)
+    assert {"gpu_check", "conftest", "utils"} <= own_module_names()
+    assert not own_module_names() & set(metadata.packages_distributions())
 
 
 @pytest.mark.parametrize("file", SCANNED)
