@@ -30,7 +30,9 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 
+
 ARCHITECTURE_TEST = "test_any_architecture.py"
+SHARED_SCOPES = ("class", "module", "package")  # fixtures built once for several tests (session: once per worker)
 
 
 def code_cells(notebook: Path) -> int:
@@ -40,22 +42,39 @@ def code_cells(notebook: Path) -> int:
     return sum(cell.cell_type == "code" for cell in nbformat.read(notebook, as_version=4).cells)
 
 
+def xdist_group(item) -> str | None:
+    """The unit of work that ``item`` belongs to on a pytest-xdist worker, or None for a unit of its own.
+
+    A notebook's nbval cells run in one kernel, in order: one unit. Tests that share a fixture built once per
+    module (or class) stay together, so that it is built once: one unit per module and set of such fixtures.
+    The architecture test is the exception: its model (a module fixture) takes a second to build on each
+    worker, its notebooks minutes to run, so they are spread one by one.
+    """
+    if item.path.suffix == ".ipynb":
+        return str(item.path)
+    if item.path.name == ARCHITECTURE_TEST:
+        return None
+    info = getattr(item, "_fixtureinfo", None)  # pytest's record of the item's fixtures (no public accessor)
+    if info is None:
+        return str(item.path)
+    shared = sorted(name for name, defs in info.name2fixturedefs.items() if defs and defs[-1].scope in SHARED_SCOPES)
+    return f"{item.path}::{'+'.join(shared)}" if shared else None
+
+
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config, items):
     """Order and group the tests for two workers (course.sh: ``-n 2 --dist loadgroup --no-loadscope-reorder``).
 
-    The architecture test's notebooks come first, one unit of work each, the notebooks with the most code cells
-    (the longest to run) first; then every other test module in file order, each kept on one worker so that its
-    module fixtures are built once; the many short tests at the end fill in while the other worker finishes.
-    A notebook's nbval cells (``pytest --nbval``) stay together and in order. Without pytest-xdist only the
-    order changes.
+    The architecture test's notebooks come first, the notebooks with the most code cells (the longest to run)
+    first; then the other tests in file order, grouped as :func:`xdist_group` says; the many short ones at the
+    end fill in while the other worker finishes. Without pytest-xdist only the order changes.
     """
     def notebook_cells(item) -> int:
-        return code_cells(item.callspec.params["path"]) if item.path.name == ARCHITECTURE_TEST else 0
+        return code_cells(item.callspec.params["path"])
 
     architecture = sorted((item for item in items if item.path.name == ARCHITECTURE_TEST),
                           key=notebook_cells, reverse=True)
     items[:] = architecture + [item for item in items if item.path.name != ARCHITECTURE_TEST]
     for item in items:
-        if item.path.name != ARCHITECTURE_TEST:
-            item.add_marker(pytest.mark.xdist_group(str(item.path)))
+        if (group := xdist_group(item)) is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
