@@ -21,6 +21,7 @@ import nbformat
 import pytest
 import torch
 
+from tools import gpu_check
 from utils import device as D
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -203,9 +204,6 @@ def test_without_cuda_it_says_to_use_dry_run(tmp_path):
 
 
 def test_notebooks_run_by_priority_and_a_forced_dtype_picks_06():
-    sys.path.insert(0, str(ROOT / "tools"))
-    import gpu_check
-
     every = gpu_check.select_notebooks(ROOT / "notebooks", None, dry_run=False)
     assert [nb.stem[:2] for nb in every[:2]] == ["06", "04"] and len(every) == len(list(ROOT.glob("notebooks/[0-9][0-9]_*.ipynb")))
     assert [nb.stem for nb in gpu_check.select_notebooks(ROOT / "notebooks", None, False, "fp16")] == ["06_qlora"]
@@ -215,9 +213,6 @@ def test_notebooks_run_by_priority_and_a_forced_dtype_picks_06():
 
 def test_a_notebooks_copy_folder_reaches_the_scripts_it_launches(tmp_path):
     """Notebook 09 launches notebooks/scripts/fsdp_step.py: the copy folder the check executes it in has it."""
-    sys.path.insert(0, str(ROOT / "tools"))
-    import gpu_check
-
     copy = gpu_check.copy_tree(tmp_path, ROOT / "notebooks" / "09_sharding_fsdp.ipynb")
     assert (copy.parent / "scripts" / "fsdp_step.py").is_file()
     assert (tmp_path / "utils" / "__init__.py").is_file() and not (tmp_path / ".git").exists()

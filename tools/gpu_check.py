@@ -341,17 +341,14 @@ def load_for(recipe, path: str, device, compute_dtype):
 
 
 def lm_batch(name: str, batch_size: int, seq_len: int, device) -> dict:
-    """``batch_size`` consecutive chunks of held-out text, labels = inputs."""
+    """``batch_size`` consecutive chunks of held-out text, labels = inputs (:func:`utils.lm_batch`)."""
     from transformers import AutoTokenizer
 
     import utils
 
     tok = AutoTokenizer.from_pretrained(name)
     ids = tok(utils.heldout_text()[: 40 * batch_size * seq_len], return_tensors="pt").input_ids[0]
-    if ids.numel() < batch_size * seq_len:
-        raise ValueError(f"the held-out text gives {ids.numel()} tokens, fewer than {batch_size} x {seq_len}")
-    ids = ids[: batch_size * seq_len].view(batch_size, seq_len).clone().to(device)
-    return {"input_ids": ids, "labels": ids}
+    return utils.lm_batch(ids, batch_size, seq_len, device)
 
 
 def relative_error(predicted: int | None, measured: int | None) -> float | None:

@@ -29,7 +29,7 @@ import os
 import sys
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -335,14 +335,17 @@ def measure_training_step(
     device = _model_device(model)
     k = len(micro)
 
-    def step(saved: list[SavedTensors]) -> None:
+    def step(saved: list[SavedTensors] | None) -> None:
+        """One training step; with ``saved`` (the measured step), what each forward pass saved is appended to it."""
         for i, b in enumerate(micro):
             tag = "" if k == 1 else f" {i + 1}"
-            with torch.profiler.record_function(f"phase:forward{tag}"), count_saved_tensors(model) as s:
+            counting = count_saved_tensors(model) if saved is not None else nullcontext()
+            with torch.profiler.record_function(f"phase:forward{tag}"), counting as s:
                 loss = _loss(forward(model, b))
                 if k > 1:
                     loss = loss / k
-            saved.append(s)
+            if saved is not None:
+                saved.append(s)
             with torch.profiler.record_function(f"phase:backward{tag}"):
                 loss.backward()
             if k > 1:  # (one batch: its loss lives on through the optimizer step, as in a plain training loop)
@@ -353,7 +356,7 @@ def measure_training_step(
 
     for _ in range(warmup_steps):
         model.zero_grad(set_to_none=True)
-        step([])
+        step(None)
     model.zero_grad(set_to_none=True)
     if optimizer is not None:
         optimizer.zero_grad(set_to_none=True)
