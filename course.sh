@@ -5,8 +5,9 @@
 # and, for maintainers:
 #   bash course.sh execute [notebooks/NN_*.ipynb ...]   re-run notebooks in place and clean their metadata
 #   bash course.sh setup                                only set up
-#   bash course.sh test-units [pytest option ...]       the first half of `test`: tests/, two at a time
+#   bash course.sh test-units [pytest option ...]       the first half of `test`: tests/
 #   bash course.sh test-notebooks [pytest option ...]   the second half: every notebook under strict nbval
+# Both halves run two tests at a time, one thread each (COURSE_TEST_JOBS=1: one at a time).
 #   bash course.sh gpu-check [--dry-run] [options]      every notebook and measured training steps on a CUDA GPU,
 #                                                       results in gpu_check.json (tools/gpu_check.py --help)
 #   bash course.sh gpu-kit [options]                    the wheels an offline GPU machine lacks for gpu-check, in
@@ -51,27 +52,40 @@ setup() {
   python -c "import torch; print('course.sh: torch', torch.__version__, '| CUDA' if torch.cuda.is_available() else '| CPU')"
 }
 
-# The unit tests and tests/test_any_architecture.py (every notebook on a random GPT-Neo, outputs not compared):
-# two tests at a time (pytest-xdist), each with one thread, which keeps both cores of a small machine busy
-# (two processes of two threads each would wait on each other). A test module stays on one worker, so that its
-# fixtures are built once; the architecture test's notebooks are spread one by one, in file order.
-test_units() {
-  OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python -m pytest tests -n "${COURSE_TEST_JOBS:-2}" --dist loadgroup \
-    --no-loadscope-reorder -p no:cacheprovider "$@"
+# Both halves run two tests at a time (pytest-xdist), each with one thread: that keeps both cores of a small
+# machine busy, where two processes of two threads each would wait on each other. COURSE_TEST_JOBS sets how many
+# at a time; COURSE_TEST_JOBS=1 runs one at a time with torch's own thread count.
+JOBS=${COURSE_TEST_JOBS:-2}
+parallel() {  # parallel COMMAND...: run COMMAND, with one thread and `-n $JOBS` when JOBS > 1
+  if [ "$JOBS" -gt 1 ]; then
+    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 "$@" -n "$JOBS"
+  else
+    "$@"
+  fi
 }
 
-# Every notebook under strict nbval: each cell's output compared with the committed one (tests/sanitize.cfg),
-# with torch's own thread count. `-n 2 --dist loadscope` runs two notebooks at once (a notebook's cells stay
-# in order on one worker): only with OMP_NUM_THREADS=1, as .ci/run's second pass does.
+# The unit tests and tests/test_any_architecture.py (every notebook on a random GPT-Neo, outputs not compared).
+# A test module stays on one worker, so that its fixtures are built once; the architecture test's notebooks are
+# spread one by one, the longest first (tests/conftest.py).
+test_units() {
+  local dist=()
+  [ "$JOBS" -gt 1 ] && dist=(--dist loadgroup --no-loadscope-reorder)
+  parallel python -m pytest tests "${dist[@]}" -p no:cacheprovider "$@"
+}
+
+# Every notebook under strict nbval: each cell's output compared with the committed one (tests/sanitize.cfg).
+# Two notebooks at a time, a notebook's cells in order on one worker (--dist loadscope).
 test_notebooks() {
-  python -m pytest notebooks --nbval --nbval-sanitize-with tests/sanitize.cfg --nbval-cell-timeout=900 \
-    -p no:cacheprovider "$@"
+  local dist=()
+  [ "$JOBS" -gt 1 ] && dist=(--dist loadscope)
+  parallel python -m pytest notebooks --nbval --nbval-sanitize-with tests/sanitize.cfg --nbval-cell-timeout=900 \
+    "${dist[@]}" -p no:cacheprovider "$@"
 }
 
 # `pytest -k ...` may select tests on one side only: "nothing collected" (exit 5) fails only if it is both.
 run_test() {
   local units=0 notebooks=0
-  echo "course.sh: unit tests and the architecture test (two at a time, one thread each)"
+  echo "course.sh: unit tests and the architecture test"
   test_units "$@" || units=$?
   [ "$units" = 0 ] || [ "$units" = 5 ] || exit "$units"
   echo "course.sh: every notebook under strict nbval"
