@@ -30,6 +30,21 @@ def test_generate_returns_only_the_new_text(tiny_model_dir):
     assert tok.padding_side == side  # restored after left-padded generation
 
 
+def test_generate_ids_stop_at_the_eos_and_keep_it(tiny_model_dir):
+    model, tok = utils.load_model(tiny_model_dir)
+    prompts = ["Date: March 3, 1821\nISO:", "In"]
+    model.generation_config.eos_token_id = None  # no stop token: every row runs to max_new_tokens
+    full = task.generate_ids(model, tok, prompts, max_new_tokens=6)
+    assert [len(ids) for ids in full] == [6, 6]
+    # make the first token generated for the first prompt the EOS: its row is that token alone
+    first = full[0][0]
+    model.generation_config.eos_token_id = first
+    stopped = task.generate_ids(model, tok, prompts, max_new_tokens=6)
+    assert stopped[0] == [first]
+    assert stopped[1] == full[1][: full[1].index(first) + 1] if first in full[1] else stopped[1] == full[1]
+    assert task.generate(model, tok, prompts[:1], max_new_tokens=6) == [tok.decode([first], skip_special_tokens=True)]
+
+
 def test_perplexity_is_exp_of_the_mean_loss(tiny_model_dir):
     model, tok = utils.load_model(tiny_model_dir)
     text = "And God said, Let there be light: and there was light. " * 20

@@ -5,6 +5,7 @@ The training-memory estimator is the subpackage ``utils.estimator`` (notebooks i
 The lessons themselves live in the notebooks; this package only keeps what several of them share.
 """
 from .device import compute_dtype, dtype_from_name, get_device, mixed_precision_flags, supports_bf16
+from .chat_data import ChatDataError, check_conversations, load_chat_data, validate_conversations
 from .env import check_environment, quiet, seed_everything
 from .exercises import check_answer, check_function
 from .launch import RankFailure, leftover_processes, torchrun
@@ -26,7 +27,7 @@ from .memory import (
     unique_bytes,
 )
 from .plots import plot_loss, plot_memory_breakdown, plot_memory_timeline
-from .task import exact_match, generate, perplexity, score
+from .task import exact_match, generate, generate_ids, perplexity, score
 from .training import adapters_in_training_dtype, lm_batch, lora_config, sft_config
 
 __all__ = [
@@ -37,4 +38,5 @@ __all__ = [
     "plot_memory_breakdown", "plot_memory_timeline", "quant_constant_bytes", "quiet", "score", "seed_everything",
     "supports_bf16", "tensor_bytes", "torchrun", "trace_memory", "unique_bytes", "weight_matrix",
     "adapters_in_training_dtype", "lm_batch", "lora_config", "sft_config",
+    "ChatDataError", "check_conversations", "generate_ids", "load_chat_data", "validate_conversations",
 ]

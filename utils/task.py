@@ -9,23 +9,36 @@ import torch
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 12, batch_size: int = 64) -> list[str]:
-    """Greedy completions of ``prompts`` (only the new text, special tokens dropped), batched with left padding."""
+def generate_ids(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 12, batch_size: int = 64,
+                 add_special_tokens: bool = True) -> list[list[int]]:
+    """Greedy continuations of ``prompts`` as token ids (the new tokens only, the EOS kept, the padding after it
+    dropped), batched with left padding. ``add_special_tokens=False`` for text a chat template already rendered."""
     was_training, side = model.training, tokenizer.padding_side
     model.eval()
     tokenizer.padding_side = "left"
     device = next(model.parameters()).device
-    out: list[str] = []
+    eos = model.generation_config.eos_token_id
+    stops = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+    out: list[list[int]] = []
     try:
         for i in range(0, len(prompts), batch_size):
-            enc = tokenizer(list(prompts[i : i + batch_size]), return_tensors="pt", padding=True).to(device)
+            enc = tokenizer(list(prompts[i : i + batch_size]), return_tensors="pt", padding=True,
+                            add_special_tokens=add_special_tokens).to(device)
             ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                                  pad_token_id=tokenizer.pad_token_id)
-            out += tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            for row in ids[:, enc["input_ids"].shape[1]:].tolist():
+                end = next((k + 1 for k, t in enumerate(row) if t in stops), len(row))
+                out.append(row[:end])
     finally:
         tokenizer.padding_side = side
         model.train(was_training)
     return out
+
+
+def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 12, batch_size: int = 64) -> list[str]:
+    """Greedy completions of ``prompts`` (only the new text, special tokens dropped), batched with left padding."""
+    ids = generate_ids(model, tokenizer, prompts, max_new_tokens, batch_size)
+    return tokenizer.batch_decode(ids, skip_special_tokens=True)
 
 
 def exact_match(predictions: Sequence[str], references: Sequence[str]) -> float:
