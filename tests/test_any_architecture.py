@@ -29,21 +29,17 @@ if unknown := set(CHOSEN) - set(ARCHITECTURES):
 
 
 def _config(arch: str, tok):
-    """A 4-block model of ``arch``, hidden 128, 4 heads, 256 positions, the bundled tokenizer's vocabulary.
-
-    Narrower than the bundled model (hidden 256), to keep the test short: what it checks is that every cell
-    runs on the architecture and every structural assert holds, not what the model learns.
-    """
+    """A 4-block model of ``arch``, hidden 256, 4 heads, 256 positions, the bundled tokenizer's vocabulary."""
     from transformers import GPT2Config, GPTNeoConfig, OPTConfig
 
     ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     if arch == "gpt-neo":  # global and local attention, biases
-        return GPTNeoConfig(vocab_size=len(tok), hidden_size=128, num_layers=4, num_heads=4, window_size=64,
+        return GPTNeoConfig(vocab_size=len(tok), hidden_size=256, num_layers=4, num_heads=4, window_size=64,
                             attention_types=[[["global", "local"], 2]], max_position_embeddings=256, **ids)
     if arch == "gpt2":
-        return GPT2Config(vocab_size=len(tok), n_embd=128, n_layer=4, n_head=4, n_positions=256, **ids)
-    return OPTConfig(vocab_size=len(tok), hidden_size=128, num_hidden_layers=4, num_attention_heads=4, ffn_dim=512,
-                     max_position_embeddings=256, word_embed_proj_dim=64, **ids)  # a projection, as OPT-350m has
+        return GPT2Config(vocab_size=len(tok), n_embd=256, n_layer=4, n_head=4, n_positions=256, **ids)
+    return OPTConfig(vocab_size=len(tok), hidden_size=256, num_hidden_layers=4, num_attention_heads=4, ffn_dim=1024,
+                     max_position_embeddings=256, word_embed_proj_dim=128, **ids)  # 128: OPT-350m's projection
 
 
 @pytest.fixture(scope="module", params=CHOSEN)
