@@ -8,7 +8,6 @@ do without, so that the error report and the skip rule are checked too. Two shor
 budget and the fp16 path (the gradient scaler). What only a GPU shows (CUDA peaks, bf16 steps) is not
 tested here.
 """
-import functools
 import hashlib
 import json
 import math
@@ -59,11 +58,6 @@ def llama_parameters(c: dict) -> int:
 def dry_run(tmp_path_factory):
     """The dry run over the real notebook 00, a planted failing notebook and a planted one that needs trl,
     run with ``--without trl``; (exit code, JSON, output)."""
-    return _dry_run(tmp_path_factory)
-
-
-@functools.cache  # once per worker: pytest-xdist may tear a module fixture down between the tests that share it
-def _dry_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("gpu_check")
     notebooks = tmp / "notebooks"
     notebooks.mkdir()
