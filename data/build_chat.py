@@ -21,10 +21,11 @@ The last assistant turn of a test conversation is what the notebook scores (exac
 from __future__ import annotations
 
 import calendar
-import json
 import random
 from datetime import date
 from pathlib import Path
+
+from build_dataset import write_splits  # data/, beside this script
 
 OUT = Path(__file__).resolve().parent / "chat"
 SEED = 0
@@ -56,15 +57,8 @@ def conversation(d: date, rng: random.Random) -> dict[str, list[dict[str, str]]]
 
 
 def main() -> None:
-    rng = random.Random(SEED)
-    first, last = date(YEARS[0], 1, 1).toordinal(), date(YEARS[1], 12, 31).toordinal()
-    days = rng.sample(range(first, last + 1), N_TRAIN + N_TEST)  # distinct dates: no test date is trained on
-    OUT.mkdir(exist_ok=True)
-    for name, chunk in (("train", days[:N_TRAIN]), ("test", days[N_TRAIN:])):
-        with open(OUT / f"{name}.jsonl", "w", encoding="utf-8") as f:
-            for o in chunk:
-                f.write(json.dumps(conversation(date.fromordinal(o), rng)) + "\n")
-        print(f"{len(chunk)} conversations -> {OUT / name}.jsonl")
+    rng = random.Random(SEED)  # draws the dates, then each conversation's questions
+    write_splits(OUT, rng, lambda d: conversation(d, rng), N_TRAIN, N_TEST, YEARS, noun="conversations")
 
 
 if __name__ == "__main__":

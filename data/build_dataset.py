@@ -19,6 +19,7 @@ import json
 import random
 from datetime import date
 from pathlib import Path
+from typing import Callable
 
 OUT = Path(__file__).resolve().parent / "dates"
 SEED = 0
@@ -34,16 +35,22 @@ def example(d: date) -> dict[str, str]:
     }
 
 
-def main() -> None:
-    rng = random.Random(SEED)
-    first, last = date(YEARS[0], 1, 1).toordinal(), date(YEARS[1], 12, 31).toordinal()
-    days = rng.sample(range(first, last + 1), N_TRAIN + N_TEST)  # distinct dates: no test date is trained on
-    OUT.mkdir(exist_ok=True)
-    for name, chunk in (("train", days[:N_TRAIN]), ("test", days[N_TRAIN:])):
-        with open(OUT / f"{name}.jsonl", "w", encoding="utf-8") as f:
+def write_splits(out: Path, rng: random.Random, make: Callable[[date], dict], n_train: int, n_test: int,
+                 years: tuple[int, int] = YEARS, noun: str = "examples") -> None:
+    """Draw ``n_train + n_test`` distinct dates in ``years`` with ``rng`` and write ``make(date)`` for each, one JSON
+    object a line, to ``out/train.jsonl`` and ``out/test.jsonl``: no test date is trained on."""
+    first, last = date(years[0], 1, 1).toordinal(), date(years[1], 12, 31).toordinal()
+    days = rng.sample(range(first, last + 1), n_train + n_test)
+    out.mkdir(exist_ok=True)
+    for name, chunk in (("train", days[:n_train]), ("test", days[n_train:])):
+        with open(out / f"{name}.jsonl", "w", encoding="utf-8") as f:
             for o in chunk:
-                f.write(json.dumps(example(date.fromordinal(o))) + "\n")
-        print(f"{len(chunk)} examples -> {OUT / name}.jsonl")
+                f.write(json.dumps(make(date.fromordinal(o))) + "\n")
+        print(f"{len(chunk)} {noun} -> {out / name}.jsonl")
+
+
+def main() -> None:
+    write_splits(OUT, random.Random(SEED), example, N_TRAIN, N_TEST)
 
 
 if __name__ == "__main__":

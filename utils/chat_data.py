@@ -46,13 +46,14 @@ class ChatDataError(ValueError):
 
 
 def _check_file(path: Path) -> None:
-    """Raise ChatDataError if ``path`` is not UTF-8 JSON Lines or a JSON array of objects, naming the line."""
+    """Raise ChatDataError if ``path`` is not UTF-8 JSON Lines or a JSON array of objects, naming the line (1-based)
+    and, for JSON Lines, the row it holds (0-based, as every other problem counts rows)."""
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
-        raise ChatDataError([Problem(line, f"{path.name} is not UTF-8 (byte {e.start}, line {line}).",
+        raise ChatDataError([Problem(line - 1, f"{path.name} is not UTF-8 (byte {e.start}, line {line}).",
                                      "save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 in.jsonl > out.jsonl`)")])
     if text.lstrip().startswith("["):  # a JSON array; anything else is read as JSON Lines, as `datasets` does
         try:
@@ -71,7 +72,7 @@ def _check_file(path: Path) -> None:
         try:
             json.loads(line)
         except json.JSONDecodeError as e:
-            raise ChatDataError([Problem(number, f"line {number} of {path.name} is not valid JSON ({e.msg}, "
+            raise ChatDataError([Problem(number - 1, f"line {number} of {path.name} is not valid JSON ({e.msg}, "
                                          f"column {e.colno}).", "write one JSON object per line")])
 
 
