@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from .loading import DATA
+from .loading import DATA, load_json_splits
 
 CHAT_DIR = DATA / "chat"
 ROLES = ("system", "user", "assistant")
@@ -88,11 +88,7 @@ def load_chat_data(data: str | os.PathLike | None = None, test_size: int | float
     from datasets import DatasetDict, load_dataset
 
     if data is None:
-        files = {split: CHAT_DIR / f"{split}.jsonl" for split in ("train", "test")}
-        missing = [str(p) for p in files.values() if not p.is_file()]
-        if missing:
-            raise FileNotFoundError(f"Missing {', '.join(missing)}. Run `python data/build_chat.py` to rebuild them.")
-        return load_dataset("json", data_files={k: str(v) for k, v in files.items()})
+        return load_json_splits(CHAT_DIR, "data/build_chat.py")
     path = Path(data).expanduser()
     if path.suffix in (".json", ".jsonl") or path.exists():
         if not path.is_file():

@@ -151,14 +151,18 @@ def load_model(
 
 def load_task_dataset(data_dir: str | os.PathLike | None = None):
     """The fine-tuning task as a ``DatasetDict`` with ``train`` and ``test`` splits (prompt/completion columns)."""
+    return load_json_splits(Path(data_dir or TASK_DIR), "data/build_dataset.py")
+
+
+def load_json_splits(data_dir: Path, build_script: str):
+    """``data_dir/{train,test}.jsonl`` as a ``DatasetDict``; a missing split names the script that rebuilds it."""
     from datasets import load_dataset
 
-    data_dir = Path(data_dir or TASK_DIR)
     files = {split: data_dir / f"{split}.jsonl" for split in ("train", "test")}
     for split, path in files.items():
         if not path.is_file():
             raise FileNotFoundError(
-                f"Missing {path} (the {split} split). Run `python data/build_dataset.py` to rebuild the data set."
+                f"Missing {path} (the {split} split). Run `python {build_script}` to rebuild the data set."
             )
     return load_dataset("json", data_files={k: str(v) for k, v in files.items()})
 
