@@ -6,9 +6,10 @@ every cell must run and every structural ``assert`` must hold, so a cell written
 
 - ``gpt-neo`` (the architecture of ``EleutherAI/gpt-neo-125m``, which the README suggests on Colab) runs by
   default, in CI.
-- ``gpt2`` (``Conv1D`` layers that store the transposed weight) and ``opt`` (a projection around the
-  embeddings, ReLU MLP) run when named:
-  ``COURSE_ARCHITECTURES=gpt-neo,gpt2,opt bash course.sh test-units -k any_architecture``.
+- ``gpt2`` (``Conv1D`` layers that store the transposed weight), ``opt`` (a projection around the
+  embeddings, ReLU MLP) and ``qwen2`` (Llama-style with biases on q, k and v; the Qwen2.5 models many
+  learners pick) run when named:
+  ``COURSE_ARCHITECTURES=gpt-neo,gpt2,opt,qwen2 bash course.sh test-units -k any_architecture``.
 
 ``course.sh`` runs these tests two at a time (pytest-xdist), one thread each: every kernel inherits the
 worker's environment, ``OMP_NUM_THREADS=1`` and ``COURSE_MODEL`` included.
@@ -22,7 +23,7 @@ import torch
 from nbclient import NotebookClient
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-ARCHITECTURES = ("gpt-neo", "gpt2", "opt")
+ARCHITECTURES = ("gpt-neo", "gpt2", "opt", "qwen2")
 CHOSEN = [a.strip() for a in os.environ.get("COURSE_ARCHITECTURES", "gpt-neo").split(",") if a.strip()]
 if unknown := set(CHOSEN) - set(ARCHITECTURES):
     raise ValueError(f"COURSE_ARCHITECTURES names {sorted(unknown)}: choose from {', '.join(ARCHITECTURES)}")
@@ -30,7 +31,7 @@ if unknown := set(CHOSEN) - set(ARCHITECTURES):
 
 def _config(arch: str, tok):
     """A 4-block model of ``arch``, hidden 256, 4 heads, 256 positions, the bundled tokenizer's vocabulary."""
-    from transformers import GPT2Config, GPTNeoConfig, OPTConfig
+    from transformers import GPT2Config, GPTNeoConfig, OPTConfig, Qwen2Config
 
     ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     if arch == "gpt-neo":  # global and local attention, biases
@@ -38,6 +39,10 @@ def _config(arch: str, tok):
                             attention_types=[[["global", "local"], 2]], max_position_embeddings=256, **ids)
     if arch == "gpt2":
         return GPT2Config(vocab_size=len(tok), n_embd=256, n_layer=4, n_head=4, n_positions=256, **ids)
+    if arch == "qwen2":  # grouped-query attention, tied embeddings, as Qwen2.5-0.5B
+        return Qwen2Config(vocab_size=len(tok), hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
+                           num_key_value_heads=2, intermediate_size=704, max_position_embeddings=256,
+                           tie_word_embeddings=True, **ids)
     return OPTConfig(vocab_size=len(tok), hidden_size=256, num_hidden_layers=4, num_attention_heads=4, ffn_dim=1024,
                      max_position_embeddings=256, word_embed_proj_dim=128, **ids)  # 128: OPT-350m's projection
 

@@ -9,12 +9,14 @@ def test_cpu_computes_in_fp32():
     assert d.mixed_precision_flags(torch.device("cpu")) == {"bf16": False, "fp16": False}
 
 
-@pytest.mark.parametrize("capability, expected", [((7, 5), torch.float16), ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)])
+@pytest.mark.parametrize("capability, expected", [((7, 0), torch.float16), ((7, 5), torch.float16), ((8, 0), torch.bfloat16),
+                                                   ((8, 9), torch.bfloat16), ((9, 0), torch.bfloat16)])
 def test_gpu_dtype_follows_compute_capability(monkeypatch, capability, expected):
     # A T4 (7.5) may claim bf16 support through emulation: the choice must go by capability.
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     assert d.compute_dtype(torch.device("cuda")) is expected
+    assert d.native_bf16(capability) is (expected is torch.bfloat16)
     assert d.mixed_precision_flags(torch.device("cuda")) == {"bf16": expected is torch.bfloat16,
                                                             "fp16": expected is torch.float16}
 

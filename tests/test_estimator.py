@@ -239,9 +239,9 @@ def test_config_forms_agree():
 
 
 def test_estimate_accepts_fields_and_gives_a_verdict():
-    shape = SHAPES["2-layer GQA, tied"]
-    est = E.estimate(shape, method="qlora", optimizer="paged_adamw", device="cuda")
-    assert est.overhead == E.CUDA_OVERHEAD_BYTES and est.total == est.peak + est.overhead
+    shape = E.common_shapes()["Llama-2-7B"]  # r=64: every state large enough to be paged (the test below)
+    est = E.estimate(shape, method="qlora", lora_r=64, optimizer="paged_adamw", device="cuda")
+    assert est.pageable > 0 and est.overhead == E.CUDA_OVERHEAD_BYTES and est.total == est.peak + est.overhead
     assert est.verdict(est.total) == "fits"
     assert est.verdict(est.total - est.pageable) == "fits if paged states spill to CPU"
     assert est.verdict(est.total - est.pageable - 1) == "does not fit"
@@ -307,15 +307,66 @@ def test_recipe_defaults_resolve_targets():
 
 
 def test_llama_like_configs_are_read_and_others_refused_by_name():
-    from transformers import GPT2Config, GPTNeoConfig, MistralConfig, OPTConfig, Qwen2Config
+    from transformers import GPT2Config, GPTNeoConfig, LlamaConfig, MistralConfig, OPTConfig, Qwen2Config
 
     small = dict(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                  num_attention_heads=4, num_key_value_heads=2)
-    for cls in (MistralConfig, Qwen2Config):
+    for cls, biases in ((MistralConfig, ()), (Qwen2Config, ("q_proj", "k_proj", "v_proj"))):
         shape = E.shape_from_config(cls(**small))
-        assert (shape.layers, shape.hidden, shape.kv_heads) == (2, 64, 2)
+        assert (shape.layers, shape.hidden, shape.kv_heads, shape.biases) == (2, 64, 2, biases)
+    assert E.shape_from_config(LlamaConfig(**small, attention_bias=True, mlp_bias=True)).biases == E.LINEAR_NAMES
     for config, name in ((GPT2Config(), "gpt2"), (GPTNeoConfig(), "gpt_neo"), (OPTConfig(), "opt")):
         with pytest.raises(ValueError, match=f"not '{name}'.*does not model .*biases"):
             E.shape_from_config(config)
     with pytest.raises(ValueError, match="not 'falcon'.*does not model its layers"):
         E.shape_from_config({"model_type": "falcon", **small})
+    with pytest.raises(ValueError, match="biases names \\['qkv'\\]: choose from q_proj"):
+        E.ModelShape(layers=1, hidden=64, intermediate=128, heads=4, kv_heads=4, vocab=10, tied_embeddings=True,
+                     biases=("qkv",))
+
+
+ACCEPTED_CONFIGS = {  # every model type the estimator accepts, small, with the biases each can have
+    "llama": dict(),
+    "llama+biases": dict(attention_bias=True, mlp_bias=True),
+    "mistral": dict(),
+    "qwen2": dict(),
+}
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("kind", list(ACCEPTED_CONFIGS))
+def test_every_accepted_model_type_is_counted_as_built(kind, method):
+    """An accepted type is a counted type: weights, gradients and states to the byte, the peak within 1%."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    utils.quiet()
+    config = AutoConfig.for_model(kind.split("+")[0], vocab_size=512, hidden_size=64, intermediate_size=172,
+                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                  tie_word_embeddings=True, use_cache=False, pad_token_id=0, bos_token_id=0,
+                                  eos_token_id=0, **ACCEPTED_CONFIGS[kind])
+    shape = E.shape_from_config(config)
+    recipe = E.Recipe(method=method, batch_size=2, seq_len=32, device="cpu", lora_targets="all-linear",
+                      prepare_kbit=method == "qlora")
+    assert shape.parameters() == sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
+    model = E.build_model(shape, recipe, config=config)
+    assert model.config.model_type == config.model_type
+    check(E.estimate(shape, recipe), E.measure_recipe(model, recipe))
+
+
+def test_paged_optimizers_page_only_the_states_of_large_parameters():
+    import inspect
+
+    import bitsandbytes as bnb
+
+    # the threshold, as the pinned bitsandbytes writes it (a CPU cannot page: it falls back to ordinary tensors)
+    assert "p.numel() < 1e5" in inspect.getsource(bnb.optim.optimizer.Optimizer8bit.get_state_buffer)
+    llama7 = E.common_shapes()["Llama-2-7B"]
+    qlora = dict(method="qlora", precision="mixed", lora_targets="all-linear", device="cuda")
+    r8 = E.estimate(llama7, **qlora, lora_r=8, optimizer="paged_adamw")
+    assert r8.optimizer_states > 0 and r8.pageable == 0  # A and B: 8 x 4096 or 8 x 11008 elements, all < 1e5
+    r64 = E.estimate(llama7, **qlora, lora_r=64, optimizer="paged_adamw")
+    assert r64.pageable == r64.optimizer_states  # 64 x 4096 = 262,144 elements and more: every state paged
+    assert E.estimate(llama7, **qlora, lora_r=64, optimizer="adamw_fused").pageable == 0
+    full8 = E.estimate(llama7, method="full", precision="bf16", optimizer="paged_adamw8bit", device="cuda")
+    big = sum(o * n for o, n in llama7.linear_shapes().values()) * llama7.layers + llama7.vocab * llama7.hidden * 2
+    assert full8.pageable == 2 * big  # uint8 states of the linear layers, embedding and head; norms and absmax unpaged

@@ -4,7 +4,7 @@ The training-memory estimator is the subpackage ``utils.estimator`` (notebooks i
 
 The lessons themselves live in the notebooks; this package only keeps what several of them share.
 """
-from .device import compute_dtype, dtype_from_name, get_device, mixed_precision_flags, supports_bf16
+from .device import compute_dtype, dtype_from_name, get_device, mixed_precision_flags, native_bf16, supports_bf16
 from .chat_data import ChatDataError, check_conversations, load_chat_data, validate_conversations
 from .env import check_environment, quiet, seed_everything
 from .exercises import check_answer, check_function
@@ -36,7 +36,7 @@ __all__ = [
     "gradient_bytes", "heldout_text", "leftover_processes", "linear_layers", "linear_shape", "load_model", "load_task_dataset", "measure_training_step",
     "mixed_precision_flags", "model_name", "nf4_config", "optimizer_state_bytes", "parameter_bytes", "perplexity", "plot_loss",
     "plot_memory_breakdown", "plot_memory_timeline", "quant_constant_bytes", "quiet", "score", "seed_everything",
-    "supports_bf16", "tensor_bytes", "torchrun", "trace_memory", "unique_bytes", "weight_matrix",
+    "native_bf16", "supports_bf16", "tensor_bytes", "torchrun", "trace_memory", "unique_bytes", "weight_matrix",
     "adapters_in_training_dtype", "lm_batch", "lora_config", "sft_config",
     "ChatDataError", "check_conversations", "generate_ids", "load_chat_data", "validate_conversations",
 ]

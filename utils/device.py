@@ -29,13 +29,19 @@ def get_device(name: str | None = None) -> torch.device:
     return device
 
 
-def supports_bf16(device: torch.device) -> bool:
-    """True only where the GPU computes bf16 natively: compute capability 8.0 (Ampere) or newer.
+def native_bf16(capability: tuple[int, int]) -> bool:
+    """True for a CUDA compute capability whose tensor cores compute bf16: 8.0 (Ampere) or newer."""
+    return tuple(capability) >= (8, 0)
 
-    ``torch.cuda.is_bf16_supported()`` can answer True on a T4 (7.5) through slow emulation,
-    so we decide by compute capability.
+
+def supports_bf16(device: torch.device) -> bool:
+    """True only where the GPU computes bf16 natively (:func:`native_bf16` of its compute capability).
+
+    ``torch.cuda.is_bf16_supported()``, which transformers asks, answers True on a T4 (7.5) or a V100 (7.0) too:
+    its default ``including_emulation=True`` only checks that a bf16 tensor can be created there. So we
+    decide by compute capability.
     """
-    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8
+    return device.type == "cuda" and native_bf16(torch.cuda.get_device_capability(device))
 
 
 def compute_dtype(device: torch.device | None = None) -> torch.dtype:

@@ -7,7 +7,8 @@ from typing import Any
 
 from .activations import activation_ledger
 from .gpus import GiB
-from .parameter_memory import gradient_bytes, optimizer_state_bytes, parameter_inventory, weight_bytes
+from .parameter_memory import (gradient_bytes, optimizer_state_bytes, pageable_state_bytes, parameter_inventory,
+                               weight_bytes)
 from .peak import Moment, peak_moments
 from .recipe import Recipe
 from .shapes import ModelShape, shape_from_config
@@ -27,6 +28,9 @@ class Estimate:
     ``overhead`` is the stated allowance for what tensor statistics miss; ``total = peak + overhead``
     is what to compare with a GPU's memory. ``offloaded`` (with ``offload_activations``) is the bytes of
     saved activations copied to CPU RAM in forward (held there, not on the device, until backward).
+    ``pageable`` is the bytes of optimizer states a paged optimizer keeps in CUDA unified memory, which the
+    driver moves to CPU RAM when the GPU runs short (and which ``torch.cuda.max_memory_allocated`` does not
+    count): only the states of parameters of at least 1e5 elements (:func:`pageable_state_bytes`).
     """
 
     shape: ModelShape
@@ -40,6 +44,7 @@ class Estimate:
     moments: dict[str, Moment]
     overhead: int
     offloaded: int = 0
+    pageable: int = 0
 
     @property
     def peak_moment(self) -> str:
@@ -58,12 +63,6 @@ class Estimate:
     @property
     def total(self) -> int:
         return self.peak + self.overhead
-
-    @property
-    def pageable(self) -> int:
-        """Bytes of paged optimizer states: CUDA unified memory, which the driver moves to CPU RAM when
-        the GPU runs short (and which ``torch.cuda.max_memory_allocated`` does not count)."""
-        return self.optimizer_states if self.recipe.optimizer.startswith("paged") else 0
 
     def breakdown(self) -> dict[str, int]:
         """The four kinds of :meth:`utils.StepMemory.breakdown`, for :func:`utils.plot_memory_breakdown`."""
@@ -110,5 +109,6 @@ def estimate(config: Any, recipe: Recipe | None = None, overhead: int | None = N
         activations=ledger.total,
         moments=peak_moments(shape, recipe, params, ledger), overhead=overhead,
         offloaded=ledger.offloaded() if recipe.offload_activations else 0,
+        pageable=pageable_state_bytes(params, recipe.optimizer),
     )
 

@@ -32,8 +32,11 @@ def _half(device: str):
     return torch.bfloat16 if torch.device(device).type == "cpu" else compute_dtype(torch.device(device))
 
 
-def build_model(shape: ModelShape, recipe: Recipe, seed: int = 0, device: str | None = None):
+def build_model(shape: ModelShape, recipe: Recipe, seed: int = 0, device: str | None = None, config: Any = None):
     """A ``LlamaForCausalLM`` with random weights, prepared as ``recipe`` trains it.
+
+    ``config`` (a transformers config of a type in ``shapes.LLAMA_LIKE``) builds that model instead of a Llama
+    with the numbers of ``shape``: how the tests check that every accepted type is counted right.
 
     - ``bf16``/``mixed``: the model (LoRA, QLoRA: its base) in 16-bit (bfloat16; fp16 on GPUs without
       bf16); ``fp32``: float32.
@@ -55,7 +58,8 @@ def build_model(shape: ModelShape, recipe: Recipe, seed: int = 0, device: str | 
     device = device or recipe.device
     dtype = torch.float32 if recipe.weight_itemsize == 4 else _half(device)
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(llama_config(shape)).to(dtype)
+    model = (LlamaForCausalLM(llama_config(shape)) if config is None else AutoModelForCausalLM.from_config(config))
+    model = model.to(dtype)
     if recipe.method == "qlora":
         with tempfile.TemporaryDirectory() as folder:
             model.save_pretrained(folder)

@@ -23,6 +23,7 @@ MIN_8BIT_SIZE = 4096  # 8-bit optimizers keep fp32 states for parameters smaller
 OPTIMIZER_BLOCK = 256  # 8-bit optimizer states: one fp32 absmax per 256 values
 OPTIMIZER_CODE_VALUES = 256  # 8-bit optimizers: one 256-value fp32 quantization map per moment, once
 ADAM_STEP_BYTES = 4  # torch AdamW keeps its step count as a 0-d fp32 tensor per parameter
+PAGED_MIN_SIZE = 100_000  # paged optimizers page the states of parameters of at least 1e5 elements only
 # Temporaries of bitsandbytes' CPU update (backends/cpu/ops.py), in fp32 copies of the parameter:
 BNB_CPU_32BIT_TEMPS = 3  # g.float() * scale, state2.sqrt() + eps, the update
 BNB_CPU_8BIT_TEMPS = 5  # both states dequantized, the scaled gradient, the square root, denom
@@ -47,6 +48,8 @@ def parameter_inventory(shape: ModelShape, recipe: Recipe) -> list[Param]:
     for layer in range(shape.layers):
         for name, (o, n) in shape.linear_shapes().items():
             out.append(Param(f"{layer}.{name}", o * n, w, full, quantized=recipe.method == "qlora"))
+            if name in shape.biases:  # never quantized: kept, and cast by prepare_kbit, like the norms
+                out.append(Param(f"{layer}.{name}.bias", o, rest, full))
             if recipe.uses_adapters and name in recipe.lora_targets:
                 a = recipe.adapter_itemsize
                 out.append(Param(f"{layer}.{name}.lora_A", recipe.lora_r * n, a, True))
@@ -111,6 +114,21 @@ def optimizer_state_bytes(params: list[Param], optimizer: str) -> int:
     if any(_uses_8bit_states(p, optimizer) for p in trainable):
         total += 2 * OPTIMIZER_CODE_VALUES * FP32
     return total
+
+
+def pageable_state_bytes(params: list[Param], optimizer: str) -> int:
+    """Bytes of the optimizer states that a paged optimizer keeps in CUDA unified memory.
+
+    bitsandbytes pages ``state1`` and ``state2`` only for parameters of at least 1e5 elements
+    (``optim/optimizer.py``, ``get_state_buffer``: ``p.numel() < 1e5`` gets ordinary device memory); the
+    8-bit absmax and the quantization maps are never paged. So LoRA r=8 on a 4096-wide model pages nothing:
+    each of its A and B matrices holds 8 x 4096 = 32,768 elements.
+    """
+    if not optimizer.startswith("paged"):
+        return 0
+    per_element = {True: 2, False: 2 * FP32}  # two states, uint8 or fp32
+    return sum(per_element[_uses_8bit_states(p, optimizer)] * p.numel
+               for p in params if p.trainable and p.numel >= PAGED_MIN_SIZE)
 
 
 def optimizer_temporary_bytes(params: list[Param], optimizer: str, device: str) -> int:

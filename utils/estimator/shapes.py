@@ -13,9 +13,15 @@ from pathlib import Path
 from typing import Any, Mapping
 
 # transformers model types built as the estimator models them: decoder blocks of attention (grouped-query
-# allowed) and a gated three-matrix MLP, RMSNorm, no position-embedding table. (Qwen2 adds biases to q, k and
-# v: 3 x hidden numbers per block, left out.)
+# allowed) and a gated three-matrix MLP, RMSNorm, no position-embedding table.
 LLAMA_LIKE = ("llama", "mistral", "qwen2")
+# Biases a model type always has, whatever its config says: Qwen2's q, k and v projections
+# (transformers' modeling_qwen2.py builds them with bias=True; its config has no attention_bias field).
+_FIXED_BIASES = {"qwen2": ("q_proj", "k_proj", "v_proj")}
+_BIAS_FLAGS = {  # Llama's config flags (modeling_llama.py) and the linear layers each gives a bias
+    "attention_bias": ("q_proj", "k_proj", "v_proj", "o_proj"),
+    "mlp_bias": ("gate_proj", "up_proj", "down_proj"),
+}
 _NOT_MODELLED = {  # model_type: what the estimator does not model
     "gpt2": "GPT-2's Conv1D layers with biases, its two-matrix GELU MLP and its learned position embeddings",
     "gpt_neo": "GPT-Neo's biases, two-matrix GELU MLP, local attention and learned position embeddings",
@@ -38,7 +44,8 @@ _CONFIG_FIELDS = {  # ModelShape field: transformers config attribute
 class ModelShape:
     """The numbers of a Llama-style decoder that set its training memory.
 
-    ``head_dim`` defaults to ``hidden // heads``; ``name`` and ``source`` are labels only.
+    ``head_dim`` defaults to ``hidden // heads``; ``biases`` names the linear layers of each block that carry a
+    bias (Qwen2: q, k and v); ``name`` and ``source`` are labels only.
     """
 
     layers: int
@@ -49,6 +56,7 @@ class ModelShape:
     vocab: int
     tied_embeddings: bool
     head_dim: int | None = None
+    biases: tuple[str, ...] = ()
     name: str = ""
     source: str = ""
 
@@ -67,6 +75,10 @@ class ModelShape:
             object.__setattr__(self, "head_dim", self.hidden // self.heads)
         elif isinstance(self.head_dim, bool) or not isinstance(self.head_dim, int) or self.head_dim < 1:
             raise ValueError(f"ModelShape.head_dim must be a positive integer, got {self.head_dim!r}.")
+        biases = tuple(name for name in self.linear_shapes() if name in set(self.biases))  # layer order
+        if unknown := sorted(set(self.biases) - set(biases)):
+            raise ValueError(f"ModelShape.biases names {unknown}: choose from {', '.join(self.linear_shapes())}.")
+        object.__setattr__(self, "biases", biases)
 
     def linear_shapes(self) -> dict[str, tuple[int, int]]:
         """``{name: (out_features, in_features)}`` of the seven linear layers of one decoder layer."""
@@ -74,9 +86,14 @@ class ModelShape:
         return {"q_proj": (q, h), "k_proj": (kv, h), "v_proj": (kv, h), "o_proj": (h, q),
                 "gate_proj": (i, h), "up_proj": (i, h), "down_proj": (h, i)}
 
+    def bias_sizes(self) -> dict[str, int]:
+        """``{name: out_features}`` of the linear layers of one block that carry a bias."""
+        return {name: o for name, (o, _) in self.linear_shapes().items() if name in self.biases}
+
     def parameters(self) -> int:
         """Number of parameters (tied embeddings counted once)."""
-        per_layer = sum(o * n for o, n in self.linear_shapes().values()) + 2 * self.hidden
+        per_layer = sum(o * n for o, n in self.linear_shapes().values()) + sum(self.bias_sizes().values())
+        per_layer += 2 * self.hidden  # the two RMSNorm weights
         heads = self.vocab * self.hidden * (1 if self.tied_embeddings else 2)
         return self.layers * per_layer + heads + self.hidden
 
@@ -86,7 +103,8 @@ def shape_from_config(config: Any, name: str = "", source: str = "") -> ModelSha
 
     Also accepts the ModelShape field names (``layers``, ``hidden`` ...). A missing field raises a
     ``ValueError`` that names it; so does a ``model_type`` outside :data:`LLAMA_LIKE` (it names what the
-    estimator does not model), and a config with biases in attention or MLP.
+    estimator does not model). Biases come from the model type (Qwen2) or Llama's ``attention_bias`` and
+    ``mlp_bias`` flags.
     """
     if isinstance(config, ModelShape):
         return config
@@ -109,11 +127,12 @@ def shape_from_config(config: Any, name: str = "", source: str = "") -> ModelSha
     if missing:
         raise ValueError(f"The model config lacks {', '.join(repr(m) for m in missing)}. The estimator needs "
                          f"{', '.join(_CONFIG_FIELDS.values())} (and optionally head_dim).")
-    for bias in ("attention_bias", "mlp_bias"):
-        if get(bias, False):
-            raise ValueError(f"{bias}=True is not modelled: the estimator covers bias-free Llama-style decoders.")
+    biases = set(_FIXED_BIASES.get(model_type, ())) | set(get("biases", ()) or ())
+    for flag, layers in _BIAS_FLAGS.items():
+        if get(flag, False):
+            biases |= set(layers)
     head_dim = get("head_dim", None)
-    return ModelShape(**values, head_dim=head_dim, name=name or str(get("name", "") or ""),
+    return ModelShape(**values, head_dim=head_dim, biases=tuple(sorted(biases)), name=name or str(get("name", "") or ""),
                       source=source or str(get("source", "") or ""))
 
 
