@@ -68,8 +68,8 @@ def torchrun(script: str | os.PathLike, nproc: int, *args: str, timeout: float =
     reported) and the last lines that rank wrote. A launch still running after ``timeout`` seconds is
     killed with all its ranks, and raises too.
 
-    A rank *killed by a signal* (a C++ abort with no Python exception; gloo's ranks do it now and then on a
-    CPU with fewer cores than ranks) is not an error of the script: the launch is repeated, up to
+    A rank *killed by a signal* (a C++ abort, say, which leaves no Python traceback) is not taken for an error
+    of the script: the launch is repeated, up to
     ``relaunch_on_signal`` times, saying so on stderr, as torchrun's own ``--max-restarts`` would (which
     restarts on any failure, a bug in the script included). A Python exception or a timeout raises at once.
     """
