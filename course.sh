@@ -66,11 +66,12 @@ parallel() {  # parallel COMMAND...: run COMMAND, with one thread and `-n $JOBS`
 
 # The unit tests and tests/test_any_architecture.py (every notebook on a random GPT-Neo, outputs not compared).
 # A test module stays on one worker, so that its fixtures are built once; the architecture test's notebooks are
-# spread one by one, the longest first (tests/conftest.py).
+# spread one by one, the longest first (tests/conftest.py). The 20 slowest tests are listed at the end: this pass
+# is the longest of CI, and that list says where its time goes.
 test_units() {
   local dist=()
   [ "$JOBS" -gt 1 ] && dist=(--dist loadgroup --no-loadscope-reorder)
-  parallel python -m pytest tests "${dist[@]}" -p no:cacheprovider "$@"
+  parallel python -m pytest tests "${dist[@]}" -p no:cacheprovider --durations=20 "$@"
 }
 
 # Every notebook under strict nbval: each cell's output compared with the committed one (tests/sanitize.cfg).
