@@ -264,7 +264,11 @@ def test_config_file_errors(tmp_path):
     path.write_text(json.dumps({"num_hidden_layers": 1, "hidden_size": 8, "intermediate_size": 8,
                                 "num_attention_heads": 2, "vocab_size": 10, "tie_word_embeddings": False,
                                 "attention_bias": True}))
-    with pytest.raises(ValueError, match="attention_bias"):
+    assert E.load_shape(path).biases == ("q_proj", "k_proj", "v_proj", "o_proj")  # Llama's attention_bias
+    path.write_text(json.dumps({"num_hidden_layers": 1, "hidden_size": 8, "intermediate_size": 8,
+                                "num_attention_heads": 2, "vocab_size": 10, "tie_word_embeddings": False,
+                                "biases": ["qkv"]}))
+    with pytest.raises(ValueError, match="biases names \\['qkv'\\]"):
         E.load_shape(path)
 
 
