@@ -68,8 +68,9 @@ def torchrun(script: str | os.PathLike, nproc: int, *args: str, timeout: float =
     reported) and the last lines that rank wrote. A launch still running after ``timeout`` seconds is
     killed with all its ranks, and raises too.
 
-    A rank *killed by a signal* (a C++ abort, say, which leaves no Python traceback) is not taken for an error
-    of the script: the launch is repeated, up to
+    A rank *killed by a signal* (a C++ abort, which leaves no Python traceback; the course's CI has seen gloo
+    ranks die so, by SIGABRT after a segmentation fault, on a busy 2-core machine) is not taken for an error of
+    the script: the launch is repeated, up to
     ``relaunch_on_signal`` times, saying so on stderr, as torchrun's own ``--max-restarts`` would (which
     restarts on any failure, a bug in the script included). A Python exception or a timeout raises at once.
     """
