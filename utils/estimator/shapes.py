@@ -132,7 +132,7 @@ def shape_from_config(config: Any, name: str = "", source: str = "") -> ModelSha
         if get(flag, False):
             biases |= set(layers)
     head_dim = get("head_dim", None)
-    return ModelShape(**values, head_dim=head_dim, biases=tuple(sorted(biases)), name=name or str(get("name", "") or ""),
+    return ModelShape(**values, head_dim=head_dim, biases=tuple(biases), name=name or str(get("name", "") or ""),
                       source=source or str(get("source", "") or ""))
 
 
