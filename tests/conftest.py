@@ -69,8 +69,9 @@ def pytest_collection_modifyitems(config, items):
     first; then the other tests in file order, grouped as :func:`xdist_group` says; the many short ones at the
     end fill in while the other worker finishes. Without pytest-xdist only the order changes.
     """
-    def notebook_cells(item) -> int:
-        return code_cells(item.callspec.params["path"])
+    def notebook_cells(item) -> int:  # 0 for the module's tests that run no notebook
+        notebook = getattr(item, "callspec", None) and item.callspec.params.get("path")
+        return code_cells(notebook) if notebook else 0
 
     architecture = sorted((item for item in items if item.path.name == ARCHITECTURE_TEST),
                           key=notebook_cells, reverse=True)

@@ -6,9 +6,9 @@ the course's folder (every setting optional; the defaults: the course model, the
     torchrun --standalone --nproc-per-node=2 notebooks/scripts/fsdp_step.py [SETTINGS.json]
 
 ``SETTINGS.json`` overrides :data:`DEFAULTS`, e.g. ``{"runs": ["ddp", "full", "qlora"]}``. Each rank takes its
-share of the batch, runs one forward, backward and AdamW step per run and measures what it holds; rank 0 writes
-every rank's numbers to ``<out>/world<N>.json`` and the full gradients of the ``ddp`` and ``full`` runs to
-``<out>/world<N>_<run>_grads.pt``.
+share of the batch, runs one forward, backward and AdamW step per run and measures what it holds after it, then
+the most it holds during a later step; rank 0 writes every rank's numbers to ``<out>/world<N>.json`` and the
+full gradients of the ``ddp`` and ``full`` runs to ``<out>/world<N>_<run>_grads.pt``.
 """
 from __future__ import annotations
 
@@ -92,6 +92,23 @@ def train_step(model: torch.nn.Module, ids: torch.Tensor, lr: float):
     return optimizer, loss.detach()
 
 
+def steady_step_peak(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ids: torch.Tensor,
+                     set_to_none: bool = True) -> int:
+    """The most bytes this rank holds during the third step, as in every later one: the weights, AdamW's states
+    (created during the first step), the gradients if ``set_to_none`` is False, and what the step allocates,
+    traced by ``utils.trace_memory`` (on a CPU, the profiler's allocation events: FSDP's all-gathered layers
+    too). The second step runs untraced: DDP rebuilds its gradient buckets in it, once."""
+    def step():
+        optimizer.zero_grad(set_to_none=set_to_none)
+        model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+
+    step()
+    optimizer.zero_grad(set_to_none=set_to_none)  # before the trace: what it frees was never traced
+    held = utils.parameter_bytes(model) + utils.gradient_bytes(model) + utils.optimizer_state_bytes(optimizer)
+    return utils.trace_memory(step, baseline=held)[1].peak
+
+
 def mean_over_ranks(model: torch.nn.Module, ids: torch.Tensor, loss: torch.Tensor) -> list[float]:
     """The loss of the step and the loss after it, averaged over the ranks (as many tokens on every rank:
     the mean of the ranks' means is the mean over the whole batch)."""
@@ -105,19 +122,24 @@ def mean_over_ranks(model: torch.nn.Module, ids: torch.Tensor, loss: torch.Tenso
 def ddp_run(model: torch.nn.Module, ids: torch.Tensor, lr: float):
     """Data parallel: a full replica per rank, gradients all-reduced (averaged) during backward.
 
-    Returns what this rank holds after the step, the gradients and the losses before and after it."""
+    Returns what this rank holds after the step and at the peak of a later step, the gradients and the losses before
+    and after the first step."""
     ddp = DistributedDataParallel(model, gradient_as_bucket_view=True)
     optimizer, loss = train_step(ddp, ids, lr)
     held = dict(params=utils.parameter_bytes(model), grads=utils.gradient_bytes(model),
                 states=utils.optimizer_state_bytes(optimizer))
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    return held, grads, mean_over_ranks(ddp, ids, loss)
+    losses = mean_over_ranks(ddp, ids, loss)
+    # the .grad are views into DDP's gradient buckets, allocated once when it wrapped the model: zeroed in place
+    held["peak"] = steady_step_peak(ddp, optimizer, ids, set_to_none=False)
+    return held, grads, losses
 
 
 def fsdp2_run(model: torch.nn.Module, ids: torch.Tensor, lr: float):
     """FSDP2 (ZeRO-3): every decoder layer a unit, then the root (embeddings, final norm, output head).
 
-    Returns what this rank holds after the step, the full gradients and the losses before and after it."""
+    Returns what this rank holds after the step and at the peak of a later step, the full gradients and the losses
+    before and after the first step."""
     for layer in utils.decoder_layers(model):
         fully_shard(layer)  # its parameters become DTensors: rows split across the ranks
     fully_shard(model)
@@ -127,7 +149,9 @@ def fsdp2_run(model: torch.nn.Module, ids: torch.Tensor, lr: float):
                 states=utils.optimizer_state_bytes(optimizer), quant_constants=utils.quant_constant_bytes(model),
                 trainable_params=utils.parameter_bytes(model, trainable_only=True))
     grads = {n: p.grad.full_tensor() for n, p in model.named_parameters() if p.grad is not None}  # a collective
-    return held, grads, mean_over_ranks(model, ids, loss)
+    losses = mean_over_ranks(model, ids, loss)
+    held["peak"] = steady_step_peak(model, optimizer, ids)
+    return held, grads, losses
 
 
 def fsdp1_run(model: torch.nn.Module, ids: torch.Tensor, lr: float) -> dict:
