@@ -40,6 +40,7 @@ DEFAULTS = {
     "seq_len": 64,
     "collective_timeout_s": 150,
     "out": "outputs/09_sharding_fsdp",
+    "peaks": True,  # also measure each DDP and FSDP2 run's peak in a later step (two more steps, one traced)
     "fail_rank": None,  # a rank that raises on purpose before any collective (notebook 09 shows the error)
 }
 
@@ -119,11 +120,11 @@ def mean_over_ranks(model: torch.nn.Module, ids: torch.Tensor, loss: torch.Tenso
     return (losses / dist.get_world_size()).tolist()
 
 
-def ddp_run(model: torch.nn.Module, ids: torch.Tensor, lr: float):
+def ddp_run(model: torch.nn.Module, ids: torch.Tensor, lr: float, peak: bool = True):
     """Data parallel: a full replica per rank, gradients all-reduced (averaged) during backward.
 
-    Returns what this rank holds after the step and at the peak of a later step, the gradients and the losses before
-    and after the first step."""
+    Returns what this rank holds after the step and at the peak of a later step (if ``peak``), the gradients and
+    the losses before and after the first step."""
     ddp = DistributedDataParallel(model, gradient_as_bucket_view=True)
     optimizer, loss = train_step(ddp, ids, lr)
     held = dict(params=utils.parameter_bytes(model), grads=utils.gradient_bytes(model),
@@ -131,15 +132,16 @@ def ddp_run(model: torch.nn.Module, ids: torch.Tensor, lr: float):
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     losses = mean_over_ranks(ddp, ids, loss)
     # the .grad are views into DDP's gradient buckets, allocated once when it wrapped the model: zeroed in place
-    held["peak"] = steady_step_peak(ddp, optimizer, ids, set_to_none=False)
+    if peak:
+        held["peak"] = steady_step_peak(ddp, optimizer, ids, set_to_none=False)
     return held, grads, losses
 
 
-def fsdp2_run(model: torch.nn.Module, ids: torch.Tensor, lr: float):
+def fsdp2_run(model: torch.nn.Module, ids: torch.Tensor, lr: float, peak: bool = True):
     """FSDP2 (ZeRO-3): every decoder layer a unit, then the root (embeddings, final norm, output head).
 
-    Returns what this rank holds after the step and at the peak of a later step, the full gradients and the losses
-    before and after the first step."""
+    Returns what this rank holds after the step and at the peak of a later step (if ``peak``), the full gradients
+    and the losses before and after the first step."""
     for layer in utils.decoder_layers(model):
         fully_shard(layer)  # its parameters become DTensors: rows split across the ranks
     fully_shard(model)
@@ -150,7 +152,8 @@ def fsdp2_run(model: torch.nn.Module, ids: torch.Tensor, lr: float):
                 trainable_params=utils.parameter_bytes(model, trainable_only=True))
     grads = {n: p.grad.full_tensor() for n, p in model.named_parameters() if p.grad is not None}  # a collective
     losses = mean_over_ranks(model, ids, loss)
-    held["peak"] = steady_step_peak(model, optimizer, ids)
+    if peak:
+        held["peak"] = steady_step_peak(model, optimizer, ids)
     return held, grads, losses
 
 
@@ -188,7 +191,8 @@ def main() -> None:
         if run.endswith("/fsdp1"):
             mine.update(fsdp1_run(model, ids, settings["lr"]))
         else:
-            held, grads, losses = (ddp_run if run == "ddp" else fsdp2_run)(model, ids, settings["lr"])
+            held, grads, losses = (ddp_run if run == "ddp" else fsdp2_run)(model, ids, settings["lr"],
+                                                                         settings["peaks"])
             mine.update(held, loss=losses[0], loss_after_step=losses[1])
             if rank == 0 and run in ("ddp", "full"):
                 torch.save({n: g.detach().clone() for n, g in grads.items()}, out / f"world{world}_{run}_grads.pt")
