@@ -60,8 +60,9 @@ def fewer_steps(nb: nbformat.NotebookNode) -> int:
     done = 0
     for cell in nb.cells:
         if "parameters" in cell.metadata.get("tags", []):
-            cell.source, done = re.subn(r"^MAX_STEPS = (\d+)",
-                                        lambda m: f"MAX_STEPS = {int(m[1]) // STEPS_SHARE}", cell.source, flags=re.M)
+            cell.source, n = re.subn(r"^MAX_STEPS = (\d+)",
+                                     lambda m: f"MAX_STEPS = {int(m[1]) // STEPS_SHARE}", cell.source, flags=re.M)
+            done += n
     return done
 
 
