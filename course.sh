@@ -52,6 +52,12 @@ setup() {
   python -c "import torch; print('course.sh: torch', torch.__version__, '| CUDA' if torch.cuda.is_available() else '| CPU')"
 }
 
+# Python keeps the bytecode of what it imports in __pycache__, unless PYTHONDONTWRITEBYTECODE is set (some CI
+# images set it): then every kernel, test process and torchrun rank compiles torch, transformers and trl from
+# source again: importing torch, transformers, trl, peft, bitsandbytes and datasets took 14 s instead of 6 on a
+# 2-core machine. The test and execute commands keep the cache (in .venv).
+keep_bytecode() { unset PYTHONDONTWRITEBYTECODE; }
+
 # Both halves run two tests at a time (pytest-xdist), each with one thread: that keeps both cores of a small
 # machine busy, where two processes of two threads each would wait on each other. COURSE_TEST_JOBS sets how many
 # at a time; COURSE_TEST_JOBS=1 runs one at a time with torch's own thread count.
@@ -103,15 +109,19 @@ case "${1:-}" in
     exec jupyter lab --notebook-dir=. "${root_flag[@]}" notebooks/00_setup.ipynb "${@:2}" ;;
   test)
     setup
+    keep_bytecode
     run_test "${@:2}" ;;
   test-units)
     setup
+    keep_bytecode
     test_units "${@:2}" ;;
   test-notebooks)
     setup
+    keep_bytecode
     test_notebooks "${@:2}" ;;
   execute)
     setup
+    keep_bytecode
     shift
     [ $# -gt 0 ] || set -- notebooks/*.ipynb
     for nb in "$@"; do
