@@ -63,7 +63,7 @@ def dry_run(tmp_path_factory):
     notebooks.mkdir()
     shutil.copyfile(NB00, notebooks / NB00.name)
     planted = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1"),
-                                              nbformat.v4.new_code_cell("raise ValueError('planted failure')")])
+                                              nbformat.v4.new_code_cell("print('x is', x)\nraise ValueError(f'planted failure {x + 1}')")])
     nbformat.write(planted, notebooks / "01_planted.ipynb")
     needs_trl = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("from trl import SFTConfig")])
     nbformat.write(needs_trl, notebooks / "02_needs_trl.ipynb")
@@ -151,7 +151,10 @@ def test_dry_run_executes_notebooks_and_reports_a_failure_and_a_skip(dry_run):
     assert all(c["seconds"] >= 0 and c["first_line"] for c in ok["slowest_cells"])
     assert bad["passed"] is False and bad["skipped"] is None
     assert "ValueError" in bad["error"] and "planted failure" in bad["error"]
-    assert bad["failed_cell"] == {"index": 1, "source": "raise ValueError('planted failure')"}
+    cell = bad["failed_cell"]  # the failing line and the values printed before it, not only the cell's start
+    assert cell["index"] == 1 and cell["source"] == "print('x is', x)\nraise ValueError(f'planted failure {x + 1}')"
+    assert cell["printed"] == "x is 1" and cell["traceback"].endswith("ValueError: planted failure 2")
+    assert "raise ValueError(f'planted failure {x + 1}')" in cell["traceback"]
     assert skipped["passed"] is None and skipped["seconds"] is None
     assert skipped["skipped"] == "needs trl (left out (--without))"
     assert "02_needs_trl on bundled: SKIPPED (needs trl" in output

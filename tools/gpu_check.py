@@ -200,6 +200,11 @@ def first_lines(text: str, n: int = 8) -> str:
     return "\n".join(lines[:n])
 
 
+def last_lines(text: str, n: int = 16) -> str:
+    lines = [line.rstrip() for line in ANSI.sub("", text).strip().splitlines() if line.strip()]
+    return "\n".join(lines[-n:])
+
+
 def seconds_left(budget_s: float) -> float:
     return budget_s - (time.monotonic() - STARTED)
 
@@ -554,7 +559,12 @@ async def run_notebook(notebook: Path, model_key: str, model_path: str, args, en
             timing = cell.get("metadata", {}).get("execution", {})
             stopped = "iopub.execute_input" in timing and "shell.execute_reply" not in timing  # still running
             if any(o.get("output_type") == "error" for o in cell.get("outputs", [])) or (stopped and not result["passed"]):
-                result["failed_cell"] = {"index": i, "source": first_lines(cell.source, 3)}
+                errors = [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+                printed = "".join(o.get("text", "") for o in cell.get("outputs", []) if o.get("output_type") == "stream")
+                result["failed_cell"] = {  # where and why: the traceback's end holds the failing line and its values
+                    "index": i, "source": first_lines(cell.source, 3),
+                    "traceback": last_lines("\n".join(errors[0].get("traceback", [])) if errors else "", 16),
+                    "printed": last_lines(printed, 12)}
         for out in nb.cells[-1].get("outputs", []):
             text = out.get("text", "")
             if STATS_MARK in text:

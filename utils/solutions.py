@@ -56,3 +56,11 @@ def to_messages(row: dict) -> list[dict]:
     """Notebook 11, exercise 1: a ShareGPT row (``conversations`` of ``from``/``value``) as chat ``messages``."""
     role = {"system": "system", "human": "user", "gpt": "assistant"}
     return [{"role": role[turn["from"]], "content": turn["value"]} for turn in row["conversations"]]
+
+
+def pissa_init(W: torch.Tensor, r: int, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Notebook 12, exercise 2: PiSSA's (A, B, W_res): the top r singular directions of W, divided by the scale."""
+    U, S, Vh = torch.linalg.svd(W, full_matrices=False)
+    root = (S[:r] / scale).sqrt()
+    B, A = U[:, :r] * root, root[:, None] * Vh[:r]
+    return A, B, W - scale * B @ A

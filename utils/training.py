@@ -109,8 +109,9 @@ def adapters_in_training_dtype(model: torch.nn.Module, compute_dtype: torch.dtyp
 
     trl's ``SFTTrainer`` casts the adapters of a quantized model to bf16, the QLoRA paper's choice on bf16 GPUs
     (``trl/trainer/sft_trainer.py``). With fp32 compute (the CPU) that only loses precision, and with fp16 autocast
-    (GPUs without bf16, e.g. a T4) the gradient scaler refuses 16-bit gradients ("Attempting to unscale FP16
-    gradients", notebook 10): there the adapters must be fp32. Call it after building the trainer and before
+    (GPUs without bf16, e.g. a T4) the gradient scaler cannot unscale bf16 gradients on CUDA
+    (``NotImplementedError: "_amp_foreach_non_finite_check_and_unscale_cuda" not implemented for 'BFloat16'``,
+    notebook 10): there the adapters must be fp32. Call it after building the trainer and before
     ``train()``, which creates the optimizer for the parameters as they are then. Frozen parameters are left alone.
     """
     compute_dtype = dtype_from_name(compute_dtype)
