@@ -195,14 +195,17 @@ def write_json(path: Path, doc: dict) -> None:
     tmp.replace(path)
 
 
+def _text_lines(text: str) -> list[str]:
+    """The non-blank lines of ``text``, without terminal colour codes or trailing spaces."""
+    return [line.rstrip() for line in ANSI.sub("", text).strip().splitlines() if line.strip()]
+
+
 def first_lines(text: str, n: int = 8) -> str:
-    lines = [line.rstrip() for line in ANSI.sub("", text).strip().splitlines() if line.strip()]
-    return "\n".join(lines[:n])
+    return "\n".join(_text_lines(text)[:n])
 
 
 def last_lines(text: str, n: int = 16) -> str:
-    lines = [line.rstrip() for line in ANSI.sub("", text).strip().splitlines() if line.strip()]
-    return "\n".join(lines[-n:])
+    return "\n".join(_text_lines(text)[-n:])
 
 
 def seconds_left(budget_s: float) -> float:
@@ -558,8 +561,8 @@ async def run_notebook(notebook: Path, model_key: str, model_path: str, args, en
         for i, cell in enumerate(nb.cells[:user_cells]):
             timing = cell.get("metadata", {}).get("execution", {})
             stopped = "iopub.execute_input" in timing and "shell.execute_reply" not in timing  # still running
-            if any(o.get("output_type") == "error" for o in cell.get("outputs", [])) or (stopped and not result["passed"]):
-                errors = [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+            errors = [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+            if errors or (stopped and not result["passed"]):
                 printed = "".join(o.get("text", "") for o in cell.get("outputs", []) if o.get("output_type") == "stream")
                 result["failed_cell"] = {  # where and why: the traceback's end holds the failing line and its values
                     "index": i, "source": first_lines(cell.source, 3),
